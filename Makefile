@@ -1,0 +1,52 @@
+# Two commands set everything up from a fresh clone:
+#   make demo   runs the sample app's scripted demo on the embedded emulator
+#   make test   runs ruff, mypy and the whole test suite
+# Both build their own virtual environment first; nothing else is needed but Python >= 3.11.
+
+PYTHON ?= python3
+VENV ?= .venv
+# Extra pip requirement pinning Django, for the CI leg on another Django release.
+DJANGO ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test test-postgres pytest lint demo demo-serve bench browser-deps clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]' $(if $(DJANGO),'$(DJANGO)')
+	@touch $@
+
+# Debian's Chromium and its driver for the browser test (root installs them; others get sudo).
+browser-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+pytest: $(STAMP) browser-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint pytest
+
+# The same suite on PostgreSQL (127.0.0.1:5432, trust auth, database "test" unless PG* says otherwise).
+test-postgres: $(STAMP) browser-deps
+	CLOUDTASK_TEST_DATABASE=postgres $(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) sample_app/manage.py demo
+
+demo-serve: $(STAMP)
+	$(PY) sample_app/manage.py demo --serve
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .venv-* .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,1 @@
+"""System checks (owner: core helper; placeholder until written)."""

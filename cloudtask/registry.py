@@ -1,0 +1,5 @@
+"""Task registry (owner: core helper; placeholder until written)."""
+
+
+def autodiscover() -> None:
+    pass

@@ -1,0 +1,72 @@
+"""Settings for the test suite: SQLite by default, PostgreSQL with CLOUDTASK_TEST_DATABASE=postgres."""
+
+import os
+
+SECRET_KEY = "cloudtask-tests"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "cloudtask",
+    "tests",
+]
+
+MIDDLEWARE: list[str] = []
+ROOT_URLCONF = "tests.urls"
+
+if os.environ.get("CLOUDTASK_TEST_DATABASE") == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ.get("PGDATABASE", "test"),
+            "USER": os.environ.get("PGUSER", "postgres"),
+            "HOST": os.environ.get("PGHOST", "127.0.0.1"),
+            "PORT": os.environ.get("PGPORT", "5432"),
+            "TEST": {"NAME": "cloudtask_test"},
+        },
+        "other": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ.get("PGDATABASE", "test"),
+            "USER": os.environ.get("PGUSER", "postgres"),
+            "HOST": os.environ.get("PGHOST", "127.0.0.1"),
+            "PORT": os.environ.get("PGPORT", "5432"),
+            "TEST": {"NAME": "cloudtask_test_other"},
+        },
+    }
+else:
+    # File-backed test databases, so a live server thread and the test share one database.
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": "cloudtask-tests.sqlite3",
+            "TEST": {"NAME": "cloudtask-tests.sqlite3"},
+        },
+        "other": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": "cloudtask-tests-other.sqlite3",
+            "TEST": {"NAME": "cloudtask-tests-other.sqlite3"},
+        },
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CLOUDTASK = {
+    "BACKEND": "immediate",
+    "PROJECT": "test-project",
+    "LOCATION": "europe-west6",
+    "SAE": "tasks@test-project.iam.gserviceaccount.com",
+    "URL": "http://testserver/_tasks/",
+    "QUEUE": "default",
+    "SECRET": "test-secret",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"null": {"class": "logging.NullHandler"}},
+    "loggers": {"cloudtask": {"handlers": ["null"], "level": "DEBUG", "propagate": True}},
+}
