@@ -1,0 +1,28 @@
+"""Run every benchmark, one after another, each in its own process.
+
+Each script measures its own baseline in the same run (the raw client, a bare Django view, or
+one-by-one sends) and prints ratios against it, so figures from different machines compare.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = ["emulator.py", "api.py", "on_commit.py"]
+
+
+def main() -> int:
+    failed = []
+    for name in SCRIPTS:
+        print(f"\n### bench/{name}", flush=True)
+        result = subprocess.run([sys.executable, str(HERE / name)], check=False)
+        if result.returncode:
+            failed.append(name)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
