@@ -42,8 +42,9 @@ test-postgres: $(STAMP) browser-deps
 demo: $(STAMP)
 	$(PY) sample_app/manage.py demo
 
+# Keeps the sample shop running for clicking around (PORT=8001 to move it off 8000).
 demo-serve: $(STAMP)
-	$(PY) sample_app/manage.py demo --serve
+	$(PY) sample_app/manage.py demo --serve $(if $(PORT),--port $(PORT))
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -3,7 +3,7 @@
 Every public name is importable from here; the submodules are the implementation.
 """
 
-# -- exceptions (owner: core) --
+from .bindings import Binding, bind, unbind
 from .exceptions import (
     CloudTaskError,
     ConfigurationError,
@@ -20,13 +20,15 @@ from .exceptions import (
     TaskRegistrationError,
     UnknownTask,
 )
-
-# -- task API (owner: core) --
-
-# -- transaction-safe dispatch and bindings (owner: on-commit) --
+from .request import CloudTaskRequest
+from .tasks import ARGS_HASH, Task, TaskCall, TaskHandle, task
+from .transaction import on_commit_task
 
 __all__ = [
+    "ARGS_HASH",
+    "Binding",
     "CloudTaskError",
+    "CloudTaskRequest",
     "ConfigurationError",
     "Discard",
     "EnqueueError",
@@ -37,7 +39,14 @@ __all__ = [
     "ObjectDeleted",
     "QueueNotFound",
     "Retry",
+    "Task",
     "TaskAlreadyExists",
+    "TaskCall",
+    "TaskHandle",
     "TaskRegistrationError",
     "UnknownTask",
+    "bind",
+    "on_commit_task",
+    "task",
+    "unbind",
 ]

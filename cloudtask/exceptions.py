@@ -1,4 +1,4 @@
-"""Every error cloudtask raises derives from CloudTaskError, so one except clause catches them all."""
+"""Every error cloudtask raises derives from CloudTaskError: one except clause catches them all."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class ObjectDeleted(CloudTaskError, LookupError):
 
 
 class Discard(CloudTaskError):
-    """Raise inside a task to stop it for good: the endpoint answers 2xx so Cloud Tasks does not retry."""
+    """Raise inside a task to stop it for good: answered 2xx, so Cloud Tasks does not retry it."""
 
     def __init__(self, reason: str = "") -> None:
         super().__init__(reason)

@@ -40,3 +40,17 @@ class TaskRecord(models.Model):
     label = models.CharField(max_length=200)
     payload = models.JSONField(default=dict)
     created = models.DateTimeField(auto_now_add=True)
+
+
+# -- on-commit bindings (tests/oncommit) --
+
+
+class Parcel(models.Model):
+    """Bound at import by tests/oncommit/jobs.py only, so its bindings never fire elsewhere."""
+
+    status = models.CharField(max_length=20, default="new")
+    weight = models.DecimalField(max_digits=8, decimal_places=2, default=0)
+    note = models.TextField(blank=True)
+    tags = models.ManyToManyField(Tag, blank=True, related_name="parcels")
+
+    tracker = FieldTracker(fields=["status", "weight"])

@@ -1,4 +1,4 @@
-"""Settings for the test suite: SQLite by default, PostgreSQL with CLOUDTASK_TEST_DATABASE=postgres."""
+"""Test settings: SQLite by default, PostgreSQL with CLOUDTASK_TEST_DATABASE=postgres."""
 
 import os
 
@@ -17,6 +17,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE: list[str] = []
 ROOT_URLCONF = "tests.urls"
+# pytest-django's live_server wraps the app in a static-files handler that needs a STATIC_URL.
+STATIC_URL = "static/"
 
 if os.environ.get("CLOUDTASK_TEST_DATABASE") == "postgres":
     DATABASES = {

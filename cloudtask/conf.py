@@ -1,0 +1,256 @@
+"""The CLOUDTASK setting, resolved once into a frozen dataclass and rebuilt when it changes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from .signing import HmacKey
+
+#: Aliases accepted by CLOUDTASK["BACKEND"].
+BACKEND_ALIASES: dict[str, str] = {
+    "cloudtasks": "cloudtask.backends.cloudtasks.CloudTasksBackend",
+    "emulator": "cloudtask.backends.emulator.EmulatorBackend",
+    "immediate": "cloudtask.backends.immediate.ImmediateBackend",
+}
+
+DEFAULTS: dict[str, Any] = {
+    "PROJECT": None,
+    "LOCATION": None,
+    "SAE": None,
+    "URL": None,
+    "QUEUE": "default",
+    "SECRET": None,
+    "BACKEND": "emulator",
+    "EMULATOR_HOST": None,
+    "EMULATOR": {},
+    "MAX_PAYLOAD_SIZE": 102_400,
+    "DISPATCH_DEADLINE": None,
+    "ALLOW_UNAUTHENTICATED": False,
+    "OIDC_VERIFY": False,
+    "OIDC_AUDIENCE": None,
+    "OIDC_CERTS_URL": None,
+    "ON_COMMIT_WORKERS": 8,
+    "CLIENT_TIMEOUT": 20.0,
+}
+
+EMULATOR_DEFAULTS: dict[str, Any] = {
+    "HOST": "127.0.0.1",
+    "PORT": 0,
+    "LOG": True,
+    "DEDUP_WINDOW": 3600.0,
+    "MAX_TASK_SIZE": 1_048_576,
+    # Queues created when the emulator starts (it creates others on first use anyway).
+    "QUEUES": (),
+}
+
+MIN_DISPATCH_DEADLINE = timedelta(seconds=15)
+MAX_DISPATCH_DEADLINE = timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class CloudTaskSettings:
+    project: str | None
+    location: str | None
+    sae: str | None
+    url: str | None
+    queue: str
+    #: Every accepted secret; the first one signs.
+    secrets: tuple[str, ...]
+    backend: str
+    emulator_host: str | None
+    emulator: Mapping[str, Any]
+    max_payload_size: int
+    dispatch_deadline: timedelta | None
+    allow_unauthenticated: bool
+    oidc_verify: bool
+    oidc_audience: str | None
+    oidc_certs_url: str | None
+    on_commit_workers: int
+    client_timeout: float
+    #: HMAC keys made from each secret once (see cloudtask.signing.HmacKey).
+    hmac_keys: tuple[HmacKey, ...] = field(repr=False, compare=False, default=())
+
+    @property
+    def backend_path(self) -> str:
+        return BACKEND_ALIASES.get(self.backend, self.backend)
+
+    @property
+    def authenticated(self) -> bool:
+        return bool(self.secrets) or self.oidc_verify
+
+
+def _optional_str(raw: Mapping[str, Any], key: str) -> str | None:
+    value = raw[key]
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(
+            f'CLOUDTASK["{key}"] must be a non-empty string or None, not {value!r}.'
+        )
+    return value
+
+
+def _bool(raw: Mapping[str, Any], key: str) -> bool:
+    value = raw[key]
+    if not isinstance(value, bool):
+        raise ConfigurationError(f'CLOUDTASK["{key}"] must be True or False, not {value!r}.')
+    return value
+
+
+def parse_deadline(value: object, where: str) -> timedelta | None:
+    """Turn seconds or a timedelta into a timedelta within Cloud Tasks' 15 s to 30 min."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | timedelta):
+        raise ConfigurationError(
+            f"{where} must be a timedelta or a number of seconds, not {value!r}."
+        )
+    deadline = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    if not MIN_DISPATCH_DEADLINE <= deadline <= MAX_DISPATCH_DEADLINE:
+        raise ConfigurationError(
+            f"{where} is {deadline.total_seconds():g} s; Cloud Tasks accepts 15 s to 30 minutes."
+        )
+    return deadline
+
+
+def build_settings(user: object) -> CloudTaskSettings:
+    if user is None:
+        user = {}
+    if not isinstance(user, Mapping):
+        raise ConfigurationError(f"The CLOUDTASK setting must be a dict, not {user!r}.")
+    unknown = sorted(set(user) - set(DEFAULTS))
+    if unknown:
+        raise ConfigurationError(
+            f"Unknown CLOUDTASK key(s) {', '.join(map(repr, unknown))}; "
+            f"known keys: {', '.join(DEFAULTS)}."
+        )
+    raw = {**DEFAULTS, **user}
+
+    secret = raw["SECRET"]
+    if secret is None or secret == []:
+        secrets: tuple[str, ...] = ()
+    elif isinstance(secret, str) and secret:
+        secrets = (secret,)
+    elif isinstance(secret, list | tuple) and all(isinstance(s, str) and s for s in secret):
+        secrets = tuple(secret)
+    else:
+        raise ConfigurationError(
+            'CLOUDTASK["SECRET"] must be a non-empty string or a list of them (the first signs, '
+            "any verifies)."
+        )
+
+    backend = raw["BACKEND"]
+    if not isinstance(backend, str) or not backend:
+        raise ConfigurationError(
+            f'CLOUDTASK["BACKEND"] must be "emulator", "cloudtasks", "immediate" or the dotted '
+            f"path of a BaseBackend subclass, not {backend!r}."
+        )
+
+    emulator = raw["EMULATOR"]
+    if not isinstance(emulator, Mapping):
+        raise ConfigurationError(f'CLOUDTASK["EMULATOR"] must be a dict, not {emulator!r}.')
+    unknown = sorted(set(emulator) - set(EMULATOR_DEFAULTS))
+    if unknown:
+        raise ConfigurationError(
+            f'Unknown CLOUDTASK["EMULATOR"] key(s) {", ".join(map(repr, unknown))}; '
+            f"known keys: {', '.join(EMULATOR_DEFAULTS)}."
+        )
+
+    queues = emulator.get("QUEUES", ())
+    if isinstance(queues, str):
+        queues = (queues,)
+    if not isinstance(queues, list | tuple) or not all(isinstance(q, str) for q in queues):
+        raise ConfigurationError(
+            f'CLOUDTASK["EMULATOR"]["QUEUES"] must be a list of queue ids, not {queues!r}.'
+        )
+
+    size = raw["MAX_PAYLOAD_SIZE"]
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ConfigurationError(
+            f'CLOUDTASK["MAX_PAYLOAD_SIZE"] must be a positive number of bytes, not {size!r}.'
+        )
+    workers = raw["ON_COMMIT_WORKERS"]
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigurationError(
+            f'CLOUDTASK["ON_COMMIT_WORKERS"] must be a positive integer, not {workers!r}.'
+        )
+    timeout = raw["CLIENT_TIMEOUT"]
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ConfigurationError(
+            f'CLOUDTASK["CLIENT_TIMEOUT"] must be a positive number of seconds, not {timeout!r}.'
+        )
+    from .signing import HmacKey
+
+    queue = raw["QUEUE"]
+    if not isinstance(queue, str) or not queue:
+        raise ConfigurationError(f'CLOUDTASK["QUEUE"] must be a queue id string, not {queue!r}.')
+
+    return CloudTaskSettings(
+        project=_optional_str(raw, "PROJECT"),
+        location=_optional_str(raw, "LOCATION"),
+        sae=_optional_str(raw, "SAE"),
+        url=_optional_str(raw, "URL"),
+        queue=queue,
+        secrets=secrets,
+        backend=backend,
+        emulator_host=_optional_str(raw, "EMULATOR_HOST"),
+        emulator={**EMULATOR_DEFAULTS, **emulator, "QUEUES": tuple(queues)},
+        max_payload_size=size,
+        dispatch_deadline=parse_deadline(
+            raw["DISPATCH_DEADLINE"], 'CLOUDTASK["DISPATCH_DEADLINE"]'
+        ),
+        allow_unauthenticated=_bool(raw, "ALLOW_UNAUTHENTICATED"),
+        oidc_verify=_bool(raw, "OIDC_VERIFY"),
+        oidc_audience=_optional_str(raw, "OIDC_AUDIENCE"),
+        oidc_certs_url=_optional_str(raw, "OIDC_CERTS_URL"),
+        on_commit_workers=workers,
+        client_timeout=float(timeout),
+        hmac_keys=tuple(HmacKey(s) for s in secrets),
+    )
+
+
+_lock = threading.Lock()
+_cached: CloudTaskSettings | None = None
+
+
+def get_settings() -> CloudTaskSettings:
+    """The resolved CLOUDTASK setting (cached; rebuilt after override_settings changes it)."""
+    cached = _cached
+    if cached is not None:
+        return cached
+    return _load()
+
+
+def _load() -> CloudTaskSettings:
+    global _cached
+    with _lock:
+        if _cached is None:
+            _cached = build_settings(getattr(django_settings, "CLOUDTASK", None))
+        return _cached
+
+
+def reset() -> None:
+    """Forget the cached settings and close the backend built from them."""
+    global _cached
+    with _lock:
+        _cached = None
+    from .backends import reset_backend
+
+    reset_backend()
+
+
+@receiver(setting_changed)
+def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
+    if setting == "CLOUDTASK":
+        reset()

@@ -1,0 +1,486 @@
+"""Transaction-safe dispatch: task calls that are sent only once their transaction commits.
+
+How it works (Django 5.2 and 6.x share these semantics; see run_and_clear_commit_hooks and
+savepoint_rollback in django/db/backends/base/base.py):
+
+* Inside atomic(), each deferred handle registers its own small callable, a ``_Deferred``, with
+  ``transaction.on_commit(..., robust=True)``. Django therefore keeps savepoint semantics for us:
+  rolling back a savepoint (or the whole transaction) drops the callables registered inside it.
+* The handles deferred in one outermost transaction on one connection share a ``_Batch``, which
+  holds only WEAK references to their callables. Once Django drops a callable, nothing else
+  refers to it and CPython frees it at once, so its weak reference goes dead (elsewhere the
+  flush runs a garbage collection first).
+* At commit, Django runs the callbacks one after another. The first ``_Deferred`` to run flushes
+  the batch: every handle whose callable is still alive goes to the dispatcher, which sends them
+  concurrently on a bounded pool (CLOUDTASK["ON_COMMIT_WORKERS"]) and waits, so the commit (and
+  a request under ATOMIC_REQUESTS) returns after the tasks are sent. The later callables find
+  the batch flushed and return.
+* TestCase.captureOnCommitCallbacks(execute=True) calls the same callables, so it drives this
+  exactly like a real commit.
+
+Why not one callback per transaction: a callable registered by the first defer would be dropped
+if that defer happened inside a savepoint that rolled back, taking the rest of the transaction's
+tasks with it; and Django offers no way to register a callback outside the current savepoint.
+Sending one task per callback keeps the guarantees but pays one API round trip per task, in
+series, inside the commit.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
+
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import transaction as django_transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.dispatch import Signal
+
+from . import signals
+from .conf import get_settings
+from .exceptions import TaskRegistrationError
+from .request import CloudTaskRequest
+from .tasks import Named, Task, task
+
+if TYPE_CHECKING:
+    from .tasks import TaskHandle
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+__all__ = [
+    "ConcurrentDispatcher",
+    "Dispatcher",
+    "defer",
+    "get_dispatcher",
+    "on_commit_task",
+    "report_failure",
+    "set_dispatcher",
+]
+
+logger = logging.getLogger("cloudtask.transaction")
+
+
+# -- the dispatcher seam ---------------------------------------------------------------------
+
+
+class Dispatcher:
+    """Where deferred task calls go. The default sends them when their transaction commits.
+
+    A durable outbox slots in here without changing any public call: ``prepare`` runs inside
+    the transaction when a call is deferred (store ``handle.message`` in the same transaction),
+    ``dispatch`` runs after the commit with the handles that survived (send them, mark the rows
+    sent; a relay sends whatever a crashed process left behind). TaskMessage is a plain frozen
+    dataclass, so it stores as it is.
+    """
+
+    def prepare(self, handle: TaskHandle, using: str) -> None:
+        """Called inside the transaction, at the line that deferred the call."""
+
+    def dispatch(self, handles: Sequence[TaskHandle]) -> None:
+        """Send handles after their transaction committed. Must not raise: report failures."""
+        raise NotImplementedError
+
+
+class ConcurrentDispatcher(Dispatcher):
+    """Sends a commit's task calls concurrently on a bounded pool and waits for all of them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
+
+    def _executor(self) -> ThreadPoolExecutor:
+        workers = get_settings().on_commit_workers
+        with self._lock:
+            if self._pool is None or self._pool_size != workers:
+                old = self._pool
+                self._pool = ThreadPoolExecutor(
+                    max_workers=workers, thread_name_prefix="cloudtask-on-commit"
+                )
+                self._pool_size = workers
+                if old is not None:
+                    old.shutdown(wait=False)
+            return self._pool
+
+    def dispatch(self, handles: Sequence[TaskHandle]) -> None:
+        errors: list[tuple[TaskHandle, Exception]] = []
+        if len(handles) == 1 or getattr(_worker_state, "active", False):
+            # One call needs no pool. And a flush started from a pool thread (a task_enqueued
+            # receiver that commits its own transaction) must not wait on its own pool.
+            for handle in handles:
+                error = _send_one(handle)
+                if error is not None:
+                    errors.append((handle, error))
+        else:
+            pool = self._executor()
+            futures = [pool.submit(_pooled_send, handle) for handle in handles]
+            wait_futures(futures)
+            for handle, future in zip(handles, futures, strict=True):
+                error = future.result()
+                if error is not None:
+                    errors.append((handle, error))
+        # Reported from the committing thread: receivers may use its database connection.
+        for handle, error in errors:
+            report_failure(handle, error)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._pool = None
+            self._pool_size = 0
+
+
+_worker_state = threading.local()
+
+
+def _send_one(handle: TaskHandle) -> Exception | None:
+    from .tasks import send
+
+    try:
+        send(handle)
+    except Exception as exc:
+        return exc
+    return None
+
+
+def _pooled_send(handle: TaskHandle) -> Exception | None:
+    _worker_state.active = True
+    try:
+        return _send_one(handle)
+    finally:
+        _worker_state.active = False
+        # A task_enqueued receiver may have opened a connection in this pool thread; the pool
+        # lives as long as the process, so close it instead of leaking one per thread.
+        connections.close_all()
+
+
+_dispatcher: Dispatcher = ConcurrentDispatcher()
+
+
+def get_dispatcher() -> Dispatcher:
+    return _dispatcher
+
+
+def set_dispatcher(dispatcher: Dispatcher) -> Dispatcher:
+    """Install a dispatcher (a durable outbox, say); returns the previous one."""
+    global _dispatcher
+    previous, _dispatcher = _dispatcher, dispatcher
+    return previous
+
+
+def report_failure(handle: TaskHandle, error: BaseException) -> None:
+    """Log a send that failed after commit and send task_enqueue_failed: never silent."""
+    call = handle.call
+    logger.error(
+        "Sending task %s after commit failed: %s: %s. Arguments: args=%r kwargs=%r; message "
+        "body=%r.",
+        call.task.name,
+        type(error).__name__,
+        error,
+        call.args,
+        call.kwargs,
+        handle.message.body,
+        exc_info=error,
+    )
+    # send_robust: one broken receiver must neither stop the others nor the transaction's
+    # other on-commit callbacks.
+    responses = signals.task_enqueue_failed.send_robust(
+        sender=call.task, call=call, message=handle.message, exception=error
+    )
+    for receiver, response in responses:
+        if isinstance(response, Exception):
+            logger.error(
+                "A task_enqueue_failed receiver raised for task %s: %r (receiver %r).",
+                call.task.name,
+                response,
+                receiver,
+                exc_info=response,
+            )
+
+
+# -- per-transaction batches -----------------------------------------------------------------
+
+
+#: The callable Django holds for one deferred handle; Django drops it on rollback.
+_Deferred = Callable[[], None]
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One deferred handle (or, for a coalesced binding, a cancellation) and its callable."""
+
+    handle: TaskHandle | None
+    ref: weakref.ref[_Deferred]
+    #: Entries with the same key coalesce: only the latest alive one is sent.
+    key: Hashable | None = None
+    #: What a coalescing binding needs to merge the next save into this one.
+    state: Any = None
+
+
+def _make_callback(batch: _Batch) -> _Deferred:
+    # A plain function: weak-referenceable, and Django can name it in a log line.
+    def cloudtask_on_commit() -> None:
+        batch.flush()
+
+    return cloudtask_on_commit
+
+
+class _Batch:
+    """The task calls deferred in one outermost transaction of one connection."""
+
+    def __init__(self, connection: BaseDatabaseWrapper) -> None:
+        self.connection = connection
+        self.entries: list[_Entry] = []
+        self.keyed: dict[Hashable, list[_Entry]] = {}
+        self.flushed = False
+
+    def add(
+        self, handle: TaskHandle | None, *, key: Hashable | None = None, state: Any = None
+    ) -> _Deferred:
+        callback = _make_callback(self)
+        entry = _Entry(handle, weakref.ref(callback), key, state)
+        self.entries.append(entry)
+        if key is not None:
+            self.keyed.setdefault(key, []).append(entry)
+        return callback
+
+    def latest(self, key: Hashable) -> _Entry | None:
+        """The most recent entry for key whose callable Django still holds."""
+        for entry in reversed(self.keyed.get(key, ())):
+            if entry.ref() is not None:
+                return entry
+        return None
+
+    def is_current(self) -> bool:
+        """True while this batch belongs to the connection's open transaction."""
+        if self.flushed:
+            return False
+        newest = next((e for e in reversed(self.entries) if e.ref() is not None), None)
+        if newest is None:
+            return False
+        # A callable kept alive by someone else (a list captured in a test) after its
+        # transaction ended must not pull later transactions into this batch, so check that
+        # Django still holds it. Our newest callable is nearly always last: the scan is short.
+        callback = newest.ref()
+        # Django stores (savepoint ids, callable, robust) tuples.
+        return any(item[1] is callback for item in reversed(self.connection.run_on_commit))
+
+    def flush(self) -> None:
+        if self.flushed:
+            return
+        self.flushed = True
+        if _NEEDS_COLLECT:
+            # Without reference counting a dropped callable lingers until a collection, and
+            # its call would be sent although its savepoint rolled back.
+            gc.collect()
+        alive = [e for e in self.entries if e.ref() is not None]
+        self.entries = []
+        self.keyed = {}
+        latest: dict[Hashable, _Entry] = {}
+        for entry in alive:
+            if entry.key is not None:
+                latest[entry.key] = entry
+        to_send: list[TaskHandle] = []
+        for entry in alive:
+            if entry.key is not None and latest[entry.key] is not entry:
+                continue  # superseded by a later save of the same instance
+            if entry.handle is not None and entry.handle.state == "pending":
+                to_send.append(entry.handle)
+        if to_send:
+            try:
+                get_dispatcher().dispatch(to_send)
+            except Exception as exc:
+                # The dispatcher should report its own failures; if it raised, report every
+                # handle it did not settle, so nothing is lost without a trace.
+                for handle in to_send:
+                    if handle.state == "pending":
+                        report_failure(handle, exc)
+
+
+_batches = threading.local()
+#: CPython frees an object when its last reference goes; other interpreters need a collection.
+_NEEDS_COLLECT = sys.implementation.name != "cpython"
+
+
+def _batch_for(connection: BaseDatabaseWrapper) -> _Batch:
+    # Connections are per thread, and so is this table.
+    table: dict[str, _Batch] | None = getattr(_batches, "by_alias", None)
+    if table is None:
+        table = _batches.by_alias = {}
+    batch = table.get(connection.alias)
+    if batch is None or batch.connection is not connection or not batch.is_current():
+        batch = table[connection.alias] = _Batch(connection)
+    return batch
+
+
+def _in_transaction(using: str) -> bool:
+    connection = connections[using]
+    # Manual transaction management (autocommit off, no atomic block) counts too: the caller
+    # has not committed yet, and Django's on_commit() refuses that mode with a clear error.
+    return bool(
+        connection.in_atomic_block
+        or (connection.connection is not None and not connection.autocommit)
+    )
+
+
+def defer(handle: TaskHandle, using: str | None = None) -> TaskHandle:
+    """Send handle when the transaction open on `using` commits; at once if none is open.
+
+    Outside a transaction the call is sent now and errors are raised here, as .delay() does.
+    Inside one, a rolled-back transaction or savepoint sends nothing; after the commit a failed
+    send is logged and signalled (task_enqueue_failed) instead of raised.
+    """
+    alias = using or DEFAULT_DB_ALIAS
+    if not _in_transaction(alias):
+        from .tasks import send
+
+        return send(handle)
+    _register(handle, alias)
+    return handle
+
+
+def _register(
+    handle: TaskHandle | None, alias: str, *, key: Hashable | None = None, state: Any = None
+) -> _Deferred:
+    connection = connections[alias]
+    batch = _batch_for(connection)
+    if handle is not None:
+        get_dispatcher().prepare(handle, alias)
+    callback = batch.add(handle, key=key, state=state)
+    django_transaction.on_commit(callback, using=alias, robust=True)
+    return callback
+
+
+def pending_state(key: Hashable, using: str) -> Any:
+    """The merge state of the latest surviving deferral for key in the open transaction."""
+    connection = connections[using]
+    table: dict[str, _Batch] | None = getattr(_batches, "by_alias", None)
+    batch = table.get(using) if table else None
+    if batch is None or batch.connection is not connection or not batch.is_current():
+        return None
+    entry = batch.latest(key)
+    return entry.state if entry is not None else None
+
+
+def defer_keyed(handle: TaskHandle | None, using: str, *, key: Hashable, state: Any) -> None:
+    """Defer handle so that it replaces earlier deferrals with the same key at commit.
+
+    handle None cancels: the key sends nothing unless a later deferral brings a handle. Each
+    deferral has its own on-commit callable, so a savepoint rollback restores the earlier one.
+    """
+    _register(handle, using, key=key, state=state)
+
+
+def call_in_transaction(using: str) -> bool:
+    """Whether a transaction is open on the alias (bindings coalesce only inside one)."""
+    return _in_transaction(using)
+
+
+# -- the decorator ---------------------------------------------------------------------------
+
+
+@overload
+def on_commit_task(func: Callable[Concatenate[CloudTaskRequest, P], R], /) -> Task[P, R]: ...
+
+
+@overload
+def on_commit_task(
+    func: None = None,
+    /,
+    *,
+    queue: str | None = None,
+    url: str | None = None,
+    named: Named = False,
+    name: str | None = None,
+    dispatch_deadline: timedelta | float | None = None,
+    headers: Mapping[str, str] | None = None,
+    max_attempts: int | None = None,
+    using: str | None = None,
+    on: Signal | None = None,
+    sender: Any = None,
+    fields: Iterable[str] | None = None,
+    when: Callable[..., bool] | None = None,
+    created: bool | None = None,
+    updated: bool | None = None,
+    deleted: bool | None = None,
+    coalesce: bool = True,
+    raw: bool = False,
+) -> Callable[[Callable[Concatenate[CloudTaskRequest, P], R]], Task[P, R]]: ...
+
+
+def on_commit_task(
+    func: Callable[Concatenate[CloudTaskRequest, P], R] | None = None,
+    /,
+    *,
+    queue: str | None = None,
+    url: str | None = None,
+    named: Named = False,
+    name: str | None = None,
+    dispatch_deadline: timedelta | float | None = None,
+    headers: Mapping[str, str] | None = None,
+    max_attempts: int | None = None,
+    using: str | None = None,
+    on: Signal | None = None,
+    sender: Any = None,
+    fields: Iterable[str] | None = None,
+    when: Callable[..., bool] | None = None,
+    created: bool | None = None,
+    updated: bool | None = None,
+    deleted: bool | None = None,
+    coalesce: bool = True,
+    raw: bool = False,
+) -> Task[P, R] | Callable[[Callable[Concatenate[CloudTaskRequest, P], R]], Task[P, R]]:
+    """``@task`` whose .delay(), .push() and .schedule() wait for the transaction to commit.
+
+    With on= or sender= (and the binding options fields=, when=, created=, updated=,
+    deleted=, coalesce=, raw=) the task is also bound to that signal: see cloudtask.bind().
+    """
+    binds = on is not None or sender is not None or deleted is not None
+
+    def decorate(f: Callable[Concatenate[CloudTaskRequest, P], R]) -> Task[P, R]:
+        t: Task[P, R] = task(
+            queue=queue,
+            url=url,
+            named=named,
+            name=name,
+            dispatch_deadline=dispatch_deadline,
+            headers=headers,
+            max_attempts=max_attempts,
+            on_commit=True,
+            using=using,
+        )(f)
+        if binds:
+            from .bindings import bind
+
+            bind(
+                on,
+                task=t,
+                sender=sender,
+                fields=fields,
+                when=when,
+                created=created,
+                updated=updated,
+                deleted=deleted,
+                coalesce=coalesce,
+                raw=raw,
+            )
+        elif any(v is not None for v in (fields, when, created, updated)) or raw or not coalesce:
+            raise TaskRegistrationError(
+                f"@on_commit_task on {f.__module__}.{f.__qualname__}: binding options "
+                "(fields=, when=, created=, updated=, coalesce=, raw=) need on= or sender=."
+            )
+        return t
+
+    if func is not None:
+        return decorate(func)
+    return decorate

@@ -1,0 +1,113 @@
+"""The one page of the sample shop, its JSON state and the buttons' POST endpoints.
+
+Every button is a fetch() POST answering JSON; the page polls /api/state/ to show the orders and
+the task log change as the emulator delivers tasks.
+"""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from cloudtask import TaskAlreadyExists
+
+from . import services
+from .models import Order, TaskLog
+
+CUSTOMERS = ["Ada", "Grace", "Linus", "Margaret", "Guido", "Barbara", "Ken", "Frances"]
+
+
+def _order_json(order: Order) -> dict[str, Any]:
+    return {
+        "id": order.pk,
+        "customer": order.customer,
+        "total": str(order.total),
+        "status": order.status,
+        "created": order.created.isoformat(),
+        "confirmed_at": order.confirmed_at.isoformat() if order.confirmed_at else None,
+        "reminded_at": order.reminded_at.isoformat() if order.reminded_at else None,
+    }
+
+
+def _log_json(row: TaskLog) -> dict[str, Any]:
+    return {
+        "id": row.pk,
+        "task": row.task,
+        "task_id": row.task_id,
+        "queue": row.queue,
+        "when": row.started_at.isoformat(),
+        "attempt": row.attempt,
+        "outcome": row.outcome,
+        "duration_ms": round(row.duration_ms, 1),
+        "delivered": row.delivered,
+        "detail": row.detail,
+    }
+
+
+@require_GET
+def index(request: HttpRequest) -> HttpResponse:
+    return render(request, "shop/index.html", {"statuses": Order.Status.choices})
+
+
+@require_GET
+def state(request: HttpRequest) -> JsonResponse:
+    orders = [_order_json(o) for o in Order.objects.all()[:50]]
+    log = [_log_json(row) for row in TaskLog.objects.all()[:100]]
+    return JsonResponse({"orders": orders, "log": log, "now": timezone.now().isoformat()})
+
+
+@require_POST
+def create_order(request: HttpRequest) -> JsonResponse:
+    order = services.place_order(
+        customer=random.choice(CUSTOMERS),
+        total=Decimal(random.randint(500, 20000)) / 100,
+    )
+    return JsonResponse(
+        {"message": f"Order #{order.pk} committed: confirmation and payment tasks sent."}
+    )
+
+
+@require_POST
+def create_order_rolled_back(request: HttpRequest) -> JsonResponse:
+    services.place_order_and_roll_back(customer=random.choice(CUSTOMERS), total=Decimal("9.99"))
+    return JsonResponse({"message": "Order rolled back: it does not exist, and no task was sent."})
+
+
+@require_POST
+def change_status(request: HttpRequest, pk: int) -> JsonResponse:
+    status = request.POST.get("status", "")
+    if status not in Order.Status.values:
+        return JsonResponse({"message": f"Unknown status {status!r}."}, status=400)
+    order = get_object_or_404(Order, pk=pk)
+    old = order.status
+    services.change_status(order, status)
+    if old == status:
+        return JsonResponse({"message": f"Order #{pk} is already {status}: no task sent."})
+    return JsonResponse({"message": f"Order #{pk}: {old} -> {status}; the status binding fires."})
+
+
+@require_POST
+def remind(request: HttpRequest, pk: int) -> JsonResponse:
+    order = get_object_or_404(Order, pk=pk)
+    handle = services.schedule_reminder(order, seconds=services.REMINDER_DELAY)
+    when = handle.schedule_time.isoformat(timespec="seconds") if handle.schedule_time else "now"
+    return JsonResponse({"message": f"Reminder for order #{pk} scheduled for {when}."})
+
+
+@require_POST
+def rebuild_report(request: HttpRequest) -> JsonResponse:
+    day = timezone.localdate()
+    try:
+        services.request_daily_report(day)
+    except TaskAlreadyExists:
+        return JsonResponse(
+            {"message": f"Report for {day} refused: a task of that name already ran or is queued."},
+            status=409,
+        )
+    return JsonResponse({"message": f"Report for {day} queued (a named task: once per day)."})

@@ -1,0 +1,11 @@
+"""Settings for the management-command test: the suite's settings plus emulator queues."""
+
+from tests import settings as _base
+
+globals().update({name: value for name, value in vars(_base).items() if name.isupper()})
+
+CLOUDTASK: dict[str, object] = {
+    **_base.CLOUDTASK,
+    "QUEUE": "main-queue",
+    "EMULATOR": {"LOG": True},
+}

@@ -1,0 +1,73 @@
+"""TestCase.captureOnCommitCallbacks drives on-commit tasks as a real commit would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import transaction
+from django.test import TestCase
+
+from .jobs import Deliveries, ping
+
+
+class Boom(Exception):
+    pass
+
+
+class CaptureOnCommitCallbacksTests(TestCase):
+    emu: Any
+    deliveries: Deliveries
+
+    @pytest.fixture(autouse=True)
+    def _use_emulator(self, emulator: Any, deliveries: Deliveries) -> None:
+        self.emu = emulator
+        self.deliveries = deliveries
+
+    def test_execute_true_sends_the_surviving_calls(self) -> None:
+        with self.captureOnCommitCallbacks(execute=True) as callbacks:
+            kept = ping("kept").delay()
+            try:
+                with transaction.atomic():
+                    dropped = ping("dropped").delay()
+                    raise Boom
+            except Boom:
+                pass
+            also = ping("also kept").delay()
+            assert kept.state == "pending"
+
+        assert len(callbacks) == 2
+        assert (kept.state, also.state, dropped.state) == ("sent", "sent", "pending")
+        assert self.emu.wait_idle()
+        labels = sorted(d["label"] for d in self.deliveries.of("ping"))
+        assert labels == ["also kept", "kept"]
+
+    def test_without_execute_nothing_is_sent_until_a_callback_runs(self) -> None:
+        with self.captureOnCommitCallbacks() as callbacks:
+            first = ping("one").delay()
+            second = ping("two").delay()
+
+        assert len(callbacks) == 2
+        assert self.emu.wait_idle()
+        assert self.deliveries.of("ping") == []
+        for callback in callbacks:
+            callback()
+        assert (first.state, second.state) == ("sent", "sent")
+        assert len(self.deliveries.wait("ping", 2)) == 2
+
+    def test_a_callback_that_defers_again_is_sent_too(self) -> None:
+        followers: list[Any] = []
+        with self.captureOnCommitCallbacks(execute=True):
+            ping("first").delay()
+            transaction.on_commit(lambda: followers.append(ping("follower").delay()))
+
+        assert [h.state for h in followers] == ["sent"]
+        assert len(self.deliveries.wait("ping", 2)) == 2
+
+    def test_each_test_starts_with_a_fresh_batch(self) -> None:
+        # Calls deferred (and never run) by another test rolled back with it.
+        with self.captureOnCommitCallbacks(execute=True) as callbacks:
+            ping("fresh").delay()
+        assert len(callbacks) == 1
+        assert self.emu.wait_idle()
+        assert [d["label"] for d in self.deliveries.of("ping")] == ["fresh"]
