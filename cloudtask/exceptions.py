@@ -47,10 +47,6 @@ class InvalidTaskRequest(CloudTaskError, SuspiciousOperation):
     """The endpoint received a request whose body or arguments cannot be decoded (answered 400)."""
 
 
-class ForbiddenTaskRequest(CloudTaskError, SuspiciousOperation):
-    """The endpoint received a request that failed authentication (answered 403)."""
-
-
 class ObjectDeleted(CloudTaskError, LookupError):
     """A model instance passed to a task no longer exists when the task runs."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 from typing import Any
@@ -152,6 +154,22 @@ def test_secret_rotation_accepts_old_and_new(settings: Any, client: Client, runs
         == 403
     )
     assert len(runs.of("add")) == 2
+
+
+@pytest.mark.parametrize("secret", ["short", "k" * 64, "a-secret-longer-than-the-block-" * 4])
+def test_signature_is_standard_hmac_sha256(
+    settings: Any, client: Client, runs: Any, secret: str
+) -> None:
+    # Any sender that can compute HMAC-SHA256 can call the endpoint: a signature made with the
+    # standard library (keys shorter than, equal to and longer than SHA-256's block) is accepted,
+    # and ours is byte for byte the same.
+    settings.CLOUDTASK = {**BASE, "SECRET": secret}
+    body = body_of(add(a=3, b=4))
+    standard = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    assert sign(body, get_settings()) == standard
+    response = post(client, body, signed=False, headers={"X-CloudTask-Signature": standard})
+    assert response.status_code == 200
+    assert [(r["a"], r["b"]) for r in runs.of("add")] == [(3, 4)]
 
 
 def test_unknown_task_is_404(client: Client) -> None:

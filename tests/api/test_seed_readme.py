@@ -259,3 +259,14 @@ def test_task_blocks_through_the_emulator(
         if task.schedule_time > now() + timedelta(days=1):
             with contextlib.suppress(NotFound):
                 client.delete_task(name=task.name)
+
+
+def test_the_module_names_the_seed_prose_uses() -> None:
+    # The seed's prose says "decorate a function with cloudtask.decorators.task" and calls the
+    # request "cloudtask.tasks.CloudTaskRequest": both names lead to the real objects.
+    import cloudtask
+    from cloudtask import decorators, tasks
+
+    assert decorators.task is cloudtask.task
+    assert decorators.on_commit_task is cloudtask.on_commit_task
+    assert tasks.CloudTaskRequest is cloudtask.CloudTaskRequest
