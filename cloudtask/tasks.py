@@ -9,7 +9,17 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import (
+    Any,
+    Concatenate,
+    Generic,
+    Literal,
+    ParamSpec,
+    TypedDict,
+    TypeVar,
+    Unpack,
+    overload,
+)
 
 from django.conf import settings as django_settings
 from django.utils import timezone
@@ -436,24 +446,26 @@ def send(handle: TaskHandle) -> TaskHandle:
     return handle
 
 
+class TaskOptions(TypedDict, total=False):
+    """The options of ``@task`` and ``@on_commit_task`` (see Task for their meaning)."""
+
+    queue: str | None
+    url: str | None
+    named: Named
+    name: str | None
+    dispatch_deadline: timedelta | float | None
+    headers: Mapping[str, str] | None
+    max_attempts: int | None
+    using: str | None
+
+
 @overload
 def task(func: Callable[Concatenate[CloudTaskRequest, P], R], /) -> Task[P, R]: ...
 
 
 @overload
 def task(
-    func: None = None,
-    /,
-    *,
-    queue: str | None = None,
-    url: str | None = None,
-    named: Named = False,
-    name: str | None = None,
-    dispatch_deadline: timedelta | float | None = None,
-    headers: Mapping[str, str] | None = None,
-    max_attempts: int | None = None,
-    on_commit: bool = False,
-    using: str | None = None,
+    func: None = None, /, *, on_commit: bool = False, **options: Unpack[TaskOptions]
 ) -> Callable[[Callable[Concatenate[CloudTaskRequest, P], R]], Task[P, R]]: ...
 
 
@@ -461,31 +473,13 @@ def task(
     func: Callable[Concatenate[CloudTaskRequest, P], R] | None = None,
     /,
     *,
-    queue: str | None = None,
-    url: str | None = None,
-    named: Named = False,
-    name: str | None = None,
-    dispatch_deadline: timedelta | float | None = None,
-    headers: Mapping[str, str] | None = None,
-    max_attempts: int | None = None,
     on_commit: bool = False,
-    using: str | None = None,
+    **options: Unpack[TaskOptions],
 ) -> Task[P, R] | Callable[[Callable[Concatenate[CloudTaskRequest, P], R]], Task[P, R]]:
     """Declare and register a task: ``@task``, ``@task()`` or ``@task(queue=..., ...)``."""
 
     def decorate(f: Callable[Concatenate[CloudTaskRequest, P], R]) -> Task[P, R]:
-        t = Task(
-            f,
-            name=name,
-            queue=queue,
-            url=url,
-            named=named,
-            dispatch_deadline=dispatch_deadline,
-            headers=headers,
-            max_attempts=max_attempts,
-            on_commit=on_commit,
-            using=using,
-        )
+        t = Task(f, on_commit=on_commit, **options)
         registry.register(t)
         return t
 

@@ -32,12 +32,11 @@ import logging
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, Unpack, overload
 
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db import transaction as django_transaction
@@ -48,7 +47,7 @@ from . import signals
 from .conf import get_settings
 from .exceptions import TaskRegistrationError
 from .request import CloudTaskRequest
-from .tasks import Named, Task, task
+from .tasks import Task, TaskOptions, task
 
 if TYPE_CHECKING:
     from .tasks import TaskHandle
@@ -398,14 +397,6 @@ def on_commit_task(
     func: None = None,
     /,
     *,
-    queue: str | None = None,
-    url: str | None = None,
-    named: Named = False,
-    name: str | None = None,
-    dispatch_deadline: timedelta | float | None = None,
-    headers: Mapping[str, str] | None = None,
-    max_attempts: int | None = None,
-    using: str | None = None,
     on: Signal | None = None,
     sender: Any = None,
     fields: Iterable[str] | None = None,
@@ -415,6 +406,7 @@ def on_commit_task(
     deleted: bool | None = None,
     coalesce: bool = True,
     raw: bool = False,
+    **options: Unpack[TaskOptions],
 ) -> Callable[[Callable[Concatenate[CloudTaskRequest, P], R]], Task[P, R]]: ...
 
 
@@ -422,14 +414,6 @@ def on_commit_task(
     func: Callable[Concatenate[CloudTaskRequest, P], R] | None = None,
     /,
     *,
-    queue: str | None = None,
-    url: str | None = None,
-    named: Named = False,
-    name: str | None = None,
-    dispatch_deadline: timedelta | float | None = None,
-    headers: Mapping[str, str] | None = None,
-    max_attempts: int | None = None,
-    using: str | None = None,
     on: Signal | None = None,
     sender: Any = None,
     fields: Iterable[str] | None = None,
@@ -439,6 +423,7 @@ def on_commit_task(
     deleted: bool | None = None,
     coalesce: bool = True,
     raw: bool = False,
+    **options: Unpack[TaskOptions],
 ) -> Task[P, R] | Callable[[Callable[Concatenate[CloudTaskRequest, P], R]], Task[P, R]]:
     """``@task`` whose .delay(), .push() and .schedule() wait for the transaction to commit.
 
@@ -448,17 +433,7 @@ def on_commit_task(
     binds = on is not None or sender is not None or deleted is not None
 
     def decorate(f: Callable[Concatenate[CloudTaskRequest, P], R]) -> Task[P, R]:
-        t: Task[P, R] = task(
-            queue=queue,
-            url=url,
-            named=named,
-            name=name,
-            dispatch_deadline=dispatch_deadline,
-            headers=headers,
-            max_attempts=max_attempts,
-            on_commit=True,
-            using=using,
-        )(f)
+        t: Task[P, R] = task(on_commit=True, **options)(f)
         if binds:
             from .bindings import bind
 
