@@ -19,8 +19,6 @@ the fastest round of each is reported. Run: ``.venv/bin/python bench/api.py``.
 from __future__ import annotations
 
 import io
-import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -32,34 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import django
 from django.conf import settings
 
+from bench.common import start_emulator
 
-def start_emulator() -> tuple[subprocess.Popen[str], str]:
-    """The emulator in its own process, as Cloud Tasks is a separate service: client-side
-    Python then runs without the emulator's threads contending for the same GIL."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cloudtask.emulator",
-            "--port",
-            "0",
-            "--quiet",
-            "--auto-create-queues",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"listening on (\S+)", line)
-    if match is None:
-        proc.kill()
-        raise RuntimeError(f"the emulator did not start: {line!r}")
-    return proc, match.group(1)
-
-
-EMULATOR_PROC, EMULATOR_HOST = start_emulator()
+EMULATOR_PROC, EMULATOR_HOST = start_emulator("--auto-create-queues")
 settings.configure(
     DEBUG=False,
     SECRET_KEY="bench",  # noqa: S106 - a throwaway key for an in-process benchmark

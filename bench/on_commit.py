@@ -14,9 +14,7 @@ Goal: the commit at least 5x faster than one-by-one. Run: ``.venv/bin/python ben
 from __future__ import annotations
 
 import asyncio
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,26 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import django
 from django.conf import settings
 
+from bench.common import start_emulator
+
 N = 1000
 ROUNDS = 5
 GOAL = 5.0
-
-
-def start_emulator() -> tuple[subprocess.Popen[str], str]:
-    """The emulator in its own process, as Cloud Tasks is a separate service (own CPU, own GIL)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cloudtask.emulator", "--port", "0", "--quiet"],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"listening on (\S+)", line)
-    if match is None:
-        proc.kill()
-        raise RuntimeError(f"the emulator did not start: {line!r}")
-    return proc, match.group(1)
 
 
 class DelayProxy:
