@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from django.apps import apps
-from django.db import models
+from django.db import DEFAULT_DB_ALIAS, connections, models
 
 from .exceptions import InvalidTaskCall, InvalidTaskRequest, ObjectDeleted
 
@@ -60,7 +60,13 @@ def _encode_set(value: set[Any] | frozenset[Any]) -> list[Any]:
 def _encode_model(value: models.Model) -> Any:
     if value.pk is None:
         raise _Unserializable(value)
-    return _tagged("model", [value._meta.label_lower, encode_value(value.pk)])
+    reference = [value._meta.label_lower, encode_value(value.pk)]
+    # The task reads the row from the database the instance came from (where it was saved),
+    # not wherever a router would send a read: a read replica may not have the row yet.
+    alias = value._state.db
+    if alias is not None and alias != DEFAULT_DB_ALIAS:
+        reference.append(alias)
+    return _tagged("model", reference)
 
 
 _EXACT: dict[type, Callable[[Any], Any]] = {
@@ -137,14 +143,17 @@ def _decode_tagged(tag: Any, value: Any) -> Any:
     if tag == "float":
         return float(value)
     if tag == "model":
-        label, raw_pk = value
+        label, raw_pk, *rest = value
+        alias = rest[0] if rest else DEFAULT_DB_ALIAS
         try:
             model = apps.get_model(label)
         except (LookupError, ValueError):
             raise InvalidTaskRequest(f"Unknown model {label!r} in task arguments.") from None
+        if len(rest) > 1 or alias not in connections:
+            raise InvalidTaskRequest(f"Unknown database {alias!r} for {label} in task arguments.")
         pk = decode_value(raw_pk)
         try:
-            return model._default_manager.get(pk=pk)
+            return model._default_manager.db_manager(alias).get(pk=pk)
         except model.DoesNotExist:
             raise ObjectDeleted(
                 f"{model._meta.label} with primary key {pk!r} no longer exists."

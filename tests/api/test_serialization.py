@@ -104,6 +104,22 @@ def test_model_instances_travel_as_references() -> None:
     assert fetched.name == "Grace"
 
 
+@pytest.mark.django_db(databases=["default", "other"])
+def test_an_instance_is_fetched_from_the_database_it_came_from() -> None:
+    # Same primary key on both databases, different rows: the task must get the one it was
+    # given, from "other", not whatever the default database holds under that key.
+    on_default = Customer.objects.create(name="on default")
+    on_other = Customer(pk=on_default.pk, name="on other")
+    on_other.save(using="other")
+    encoded = encode_value(on_other)
+    assert encoded == {"__ct__": "model", "v": ["tests.customer", on_other.pk, "other"]}
+    fetched = decode_value(encoded)
+    assert (fetched.name, fetched._state.db) == ("on other", "other")
+    # An alias this site does not have is a malformed request, not a crash.
+    with pytest.raises(InvalidTaskRequest, match="Unknown database 'replica'"):
+        decode_value({"__ct__": "model", "v": ["tests.customer", on_other.pk, "replica"]})
+
+
 @pytest.mark.django_db
 def test_a_deleted_row_raises_object_deleted() -> None:
     customer = Customer.objects.create(name="Ada")
