@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import google.auth.transport
@@ -20,6 +20,9 @@ ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
 _MAX_AGE = re.compile(r"max-age=(\d+)")
 #: Certificates are re-fetched after this long when the server sends no Cache-Control max-age.
 DEFAULT_CERTS_TTL = 300.0
+#: A token naming an unknown key id re-fetches the certificates (keys rotate), but at most this
+#: often: otherwise every forged token with a made-up key id would cost an outbound fetch.
+MIN_REFETCH_INTERVAL = 30.0
 
 
 class CachingCertsRequest(google.auth.transport.Request):
@@ -29,9 +32,11 @@ class CachingCertsRequest(google.auth.transport.Request):
     Cache-Control max-age of hours, so one fetch per max-age is enough.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._inner = google.auth.transport.requests.Request()
-        self._cache: dict[str, tuple[float, Any]] = {}
+        self.clock = clock
+        #: url -> (expires at, fetched at, response)
+        self._cache: dict[str, tuple[float, float, Any]] = {}
         self._lock = threading.Lock()
 
     def __call__(
@@ -45,21 +50,30 @@ class CachingCertsRequest(google.auth.transport.Request):
     ) -> Any:
         if method != "GET":
             return self._inner(url, method=method, body=body, headers=headers, timeout=timeout)
-        now = time.monotonic()
+        now = self.clock()
         cached = self._cache.get(url)
         if cached is not None and cached[0] > now:
-            return cached[1]
+            return cached[2]
         response = self._inner(url, method="GET", headers=headers, timeout=timeout)
         if response.status == 200:
             match = _MAX_AGE.search(response.headers.get("cache-control", ""))
             ttl = float(match.group(1)) if match else DEFAULT_CERTS_TTL
             with self._lock:
-                self._cache[url] = (now + min(ttl, 86400.0), response)
+                self._cache[url] = (now + min(ttl, 86400.0), now, response)
         return response
 
     def forget(self, url: str) -> None:
         with self._lock:
             self._cache.pop(url, None)
+
+    def forget_if_stale(self, url: str) -> bool:
+        """Drop url's cached response if it is older than MIN_REFETCH_INTERVAL; True if dropped."""
+        with self._lock:
+            cached = self._cache.get(url)
+            if cached is not None and self.clock() - cached[1] < MIN_REFETCH_INTERVAL:
+                return False
+            self._cache.pop(url, None)
+            return True
 
 
 _transport: CachingCertsRequest | None = None
@@ -98,7 +112,11 @@ def certs_url(settings: CloudTaskSettings) -> str:
     return GOOGLE_CERTS_URL
 
 
-def verify_bearer(authorization: str | None, settings: CloudTaskSettings) -> str | None:
+def verify_bearer(
+    authorization: str | None,
+    settings: CloudTaskSettings,
+    transport: CachingCertsRequest | None = None,
+) -> str | None:
     """None if the Authorization header holds a valid token from SAE, else why not."""
     if not authorization or not authorization.startswith("Bearer "):
         return "no OIDC bearer token (Authorization header)"
@@ -107,15 +125,14 @@ def verify_bearer(authorization: str | None, settings: CloudTaskSettings) -> str
     if not audiences:
         return 'no OIDC audience configured: set CLOUDTASK["OIDC_AUDIENCE"] or CLOUDTASK["URL"]'
     url = certs_url(settings)
-    transport = get_transport()
+    transport = transport or get_transport()
     try:
         try:
             claims = id_token.verify_token(token, transport, audience=audiences, certs_url=url)
         except ValueError as exc:
-            if "key id" not in str(exc):
+            if "key id" not in str(exc) or not transport.forget_if_stale(url):
                 raise
             # The signing keys rotated since the certificates were cached: fetch them again.
-            transport.forget(url)
             claims = id_token.verify_token(token, transport, audience=audiences, certs_url=url)
     except (ValueError, auth_exceptions.GoogleAuthError) as exc:
         return f"invalid OIDC token: {exc}"

@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
 
 from cloudtask.conf import build_settings
-from cloudtask.oidc import get_transport, verify_bearer
+from cloudtask.oidc import MIN_REFETCH_INTERVAL, CachingCertsRequest, verify_bearer
 
 SAE = "tasks@test-project.iam.gserviceaccount.com"
 URL = "https://example.com/_tasks/"
@@ -162,13 +162,23 @@ def test_oidc_audience_setting_wins_over_url(certs: CertsServer) -> None:
 
 
 def test_certificates_are_cached_and_refetched_after_rotation(certs: CertsServer) -> None:
-    get_transport().forget(certs.url)
+    now = [1000.0]
+    transport = CachingCertsRequest(clock=lambda: now[0])
     settings = settings_for(certs)
     for _ in range(3):
-        assert verify_bearer("Bearer " + certs.keys[0].token(), settings) is None
+        assert verify_bearer("Bearer " + certs.keys[0].token(), settings, transport) is None
     assert certs.fetches == 1
 
-    # Google rotates its keys: a token names a key id the cached set lacks.
+    # Google rotates its keys: a token names a key id the cached set lacks. Right after a
+    # fetch, that is more likely a forged token, so it does not cost another fetch...
     certs.keys.append(KeyPair("k2"))
-    assert verify_bearer("Bearer " + certs.keys[1].token(), settings) is None
+    rotated = "Bearer " + certs.keys[1].token()
+    assert (verify_bearer(rotated, settings, transport) or "").startswith("invalid OIDC token")
+    made_up = KeyPair("made-up")
+    for _ in range(5):
+        assert verify_bearer("Bearer " + made_up.token(), settings, transport) is not None
+    assert certs.fetches == 1
+    # ...but once the cached set is older than the minimum interval, the new key is fetched.
+    now[0] += MIN_REFETCH_INTERVAL
+    assert verify_bearer(rotated, settings, transport) is None
     assert certs.fetches == 2
