@@ -1,4 +1,4 @@
-"""System checks (ids cloudtask.E001-E010, W001): configuration mistakes caught at start-up."""
+"""System checks (cloudtask.E000-E010, W001, W002): configuration mistakes caught at start-up."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.apps import AppConfig
+from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
 from . import registry
@@ -16,8 +17,6 @@ from .exceptions import ConfigurationError
 def check_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    from django.conf import settings as django_settings
-
     from .backends import load_backend_class
     from .conf import BACKEND_ALIASES, build_settings
     from .tasks import queue_id_error, task_id_error
@@ -110,6 +109,32 @@ def check_settings(
             )
         )
     return messages
+
+
+@register("cloudtask", deploy=True)
+def check_deploy(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """`manage.py check --deploy`: the zero-config default must not reach production unnoticed."""
+    from .conf import build_settings
+
+    configured = getattr(django_settings, "CLOUDTASK", None)
+    try:
+        s = build_settings(configured)
+    except ConfigurationError:
+        return []  # check_settings reports it (cloudtask.E000)
+    if s.backend != "emulator":
+        return []
+    default = "" if configured and "BACKEND" in configured else " (the default)"
+    return [
+        Warning(
+            f'CLOUDTASK["BACKEND"] is "emulator"{default}: tasks go to a Cloud Tasks emulator '
+            "inside this process, not to Google Cloud Tasks, and are lost when it stops.",
+            hint='Set CLOUDTASK["BACKEND"] = "cloudtasks" (with PROJECT, LOCATION and SAE) in '
+            "production settings.",
+            id="cloudtask.W002",
+        )
+    ]
 
 
 def _cloudtasks_backend() -> type:

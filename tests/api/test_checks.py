@@ -18,6 +18,14 @@ def cloudtask_checks() -> list[Any]:
     return [m for m in run_checks(tags=["cloudtask"]) if (m.id or "").startswith("cloudtask.")]
 
 
+def deploy_checks() -> list[Any]:
+    return [
+        m
+        for m in run_checks(include_deployment_checks=True)
+        if (m.id or "").startswith("cloudtask.")
+    ]
+
+
 def ids() -> list[str]:
     return [m.id for m in cloudtask_checks()]
 
@@ -114,6 +122,29 @@ def test_unauthenticated_endpoint_warns(settings: Any) -> None:
             id="cloudtask.W001",
         )
     ]
+
+
+@pytest.mark.parametrize("configured", [True, False])
+def test_deploy_check_warns_about_the_embedded_emulator(settings: Any, configured: bool) -> None:
+    # Only `check --deploy` asks: the emulator is the right default on a laptop.
+    settings.CLOUDTASK = (
+        {**BASE, "BACKEND": "emulator"}
+        if configured
+        else {k: v for k, v in BASE.items() if k != "BACKEND"}
+    )
+    assert cloudtask_checks() == []
+    assert deploy_checks() == [
+        Warning(
+            f'CLOUDTASK["BACKEND"] is "emulator"{"" if configured else " (the default)"}: tasks '
+            "go to a Cloud Tasks emulator inside this process, not to Google Cloud Tasks, and "
+            "are lost when it stops.",
+            hint='Set CLOUDTASK["BACKEND"] = "cloudtasks" (with PROJECT, LOCATION and SAE) in '
+            "production settings.",
+            id="cloudtask.W002",
+        )
+    ]
+    settings.CLOUDTASK = {**BASE, "BACKEND": "cloudtasks"}
+    assert deploy_checks() == []
 
 
 def test_oidc_alone_is_authentication(settings: Any) -> None:
