@@ -270,3 +270,15 @@ def test_the_module_names_the_seed_prose_uses() -> None:
     assert decorators.task is cloudtask.task
     assert decorators.on_commit_task is cloudtask.on_commit_task
     assert tasks.CloudTaskRequest is cloudtask.CloudTaskRequest
+
+
+def test_every_public_name_resolves() -> None:
+    import cloudtask
+    from cloudtask import exceptions
+
+    for name in cloudtask.__all__:
+        assert getattr(cloudtask, name) is not None, name
+    assert set(cloudtask.__all__) <= set(dir(cloudtask))
+    assert cloudtask.Retry is exceptions.Retry
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        getattr(cloudtask, "nonexistent")  # noqa: B009 - mypy rightly refuses the attribute

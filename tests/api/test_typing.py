@@ -27,6 +27,7 @@ mail(to=5)
 wrong: str = add(1).execute()
 @task(queu="x")
 def typo(request: CloudTaskRequest) -> None: ...
+from cloudtask import tsak
 """
 
 
@@ -51,4 +52,5 @@ def test_mypy_checks_task_arguments_and_options(tmp_path: Path) -> None:
         ("16", "assignment"),  # execute() returns the function's int
         ("17", "call-overload"),  # @task(queu=...): a misspelt option
         ("17", "untyped-decorator"),  # ...which leaves the function untyped
+        ("19", "attr-defined"),  # a misspelt public name (the lazy loader is hidden from mypy)
     }, stdout

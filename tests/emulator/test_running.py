@@ -253,7 +253,20 @@ def test_one_log_line_per_dispatch(target: Target) -> None:
 
 def test_emulator_package_never_imports_django() -> None:
     # The emulator runs without Django (python -m cloudtask.emulator): its own modules must not
-    # import it. (The parent package's __init__ is not the emulator's.)
+    # import it, and neither may the parent package's __init__ on the way in.
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, cloudtask.emulator.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'django'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    assert loaded.stdout.strip() == "[]"
     for path in (ROOT / "cloudtask" / "emulator").glob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
