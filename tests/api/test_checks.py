@@ -21,7 +21,7 @@ def cloudtask_checks() -> list[Any]:
 def deploy_checks() -> list[Any]:
     return [
         m
-        for m in run_checks(include_deployment_checks=True)
+        for m in run_checks(tags=["cloudtask"], include_deployment_checks=True)
         if (m.id or "").startswith("cloudtask.")
     ]
 
