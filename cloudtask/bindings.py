@@ -29,7 +29,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from django.apps import apps
 from django.db import DEFAULT_DB_ALIAS, models, router
@@ -547,18 +547,21 @@ def _sorted(values: Iterable[Any]) -> list[Any]:
         return items
 
 
+class BindingOptions(TypedDict, total=False):
+    """The conditions of a binding: the keyword arguments of Binding and bind()."""
+
+    sender: SenderSpec
+    fields: Iterable[str] | None
+    when: Callable[..., bool] | None
+    created: bool | None
+    updated: bool | None
+    deleted: bool | None
+    coalesce: bool
+    raw: bool
+
+
 def bind(
-    signal: Signal | None = None,
-    *,
-    task: Task[Any, Any],
-    sender: SenderSpec = None,
-    fields: Iterable[str] | None = None,
-    when: Callable[..., bool] | None = None,
-    created: bool | None = None,
-    updated: bool | None = None,
-    deleted: bool | None = None,
-    coalesce: bool = True,
-    raw: bool = False,
+    signal: Signal | None = None, *, task: Task[Any, Any], **options: Unpack[BindingOptions]
 ) -> Binding:
     """Send task on commit whenever signal fires from sender and the conditions hold.
 
@@ -567,19 +570,8 @@ def bind(
     at once. A bad declaration raises ConfigurationError.
     """
     if signal is None:
-        signal = model_signals.post_delete if deleted else model_signals.post_save
-    binding = Binding(
-        signal,
-        task=task,
-        sender=sender,
-        fields=fields,
-        when=when,
-        created=created,
-        updated=updated,
-        deleted=deleted,
-        coalesce=coalesce,
-        raw=raw,
-    )
+        signal = model_signals.post_delete if options.get("deleted") else model_signals.post_save
+    binding = Binding(signal, task=task, **options)
     with _lock:
         _bindings.append(binding)
         connect_now = _connected_all
