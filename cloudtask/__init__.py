@@ -29,8 +29,7 @@ if TYPE_CHECKING:
         UnknownTask,
     )
     from .request import CloudTaskRequest
-    from .tasks import ARGS_HASH, Task, TaskCall, TaskHandle, task
-    from .transaction import on_commit_task
+    from .tasks import ARGS_HASH, Task, TaskCall, TaskHandle, on_commit_task, send_many, task
 
 #: Where each public name lives.
 _MODULES = {
@@ -43,7 +42,8 @@ _MODULES = {
     "TaskCall": "tasks",
     "TaskHandle": "tasks",
     "task": "tasks",
-    "on_commit_task": "transaction",
+    "on_commit_task": "tasks",
+    "send_many": "tasks",
 }
 
 
@@ -85,6 +85,7 @@ __all__ = [
     "UnknownTask",
     "bind",
     "on_commit_task",
+    "send_many",
     "task",
     "unbind",
 ]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,13 +36,15 @@ from django.apps import apps
 from django.db import DEFAULT_DB_ALIAS, models, router
 from django.db.models import signals as model_signals
 from django.dispatch import Signal
+from model_utils import FieldTracker
 
-from . import transaction
+from . import dispatch
+from .dispatch import TaskHandle
 from .exceptions import ConfigurationError
 from .serialization import encode_value
 
 if TYPE_CHECKING:
-    from .tasks import Task, TaskHandle
+    from .tasks import Task
 
 __all__ = ["Binding", "all_bindings", "bind", "connect_all", "signal_label", "unbind"]
 
@@ -79,8 +82,6 @@ def _kind(signal: Signal) -> str:
 
 def signal_label(signal: Signal) -> str:
     """A readable dotted name for a signal ("django.db.models.signals.post_save")."""
-    import sys
-
     preferred = ("django.db.models.signals", "django.core.signals", "cloudtask.signals")
     for module_name in preferred:
         module = sys.modules.get(module_name)
@@ -100,8 +101,6 @@ def signal_label(signal: Signal) -> str:
 
 def _find_tracker(model: type[models.Model], fields: Iterable[str] = ()) -> Any:
     """The model's FieldTracker (one tracking every name in fields, if given), or None."""
-    from model_utils import FieldTracker
-
     wanted = set(fields)
     first = None
     for klass in model.__mro__:
@@ -405,8 +404,6 @@ class Binding:
         return True
 
     def _handle(self, offered: dict[str, Any]) -> TaskHandle:
-        from .tasks import TaskHandle
-
         if self.passes_all:
             arguments = offered
         else:
@@ -414,39 +411,39 @@ class Binding:
         call = self.task(**arguments)
         # Encoded now: an argument that will not serialize fails at the save, and later
         # changes to the instance cannot leak into the message.
-        return TaskHandle(call, call.encode())
+        return TaskHandle(call.encode(), call=call, sender=self.task)
 
     def _send(self, handle: TaskHandle, alias: str) -> None:
-        if transaction.call_in_transaction(alias):
-            transaction.defer(handle, using=alias)
+        if dispatch.call_in_transaction(alias):
+            dispatch.defer(handle, using=alias)
             return
         # Autocommit: the row is already committed, so the save must not fail because the
         # queue did; report the failure like one after a commit.
         try:
-            transaction.defer(handle, using=alias)
+            dispatch.defer(handle, using=alias)
         except Exception as exc:
-            transaction.report_failure(handle, exc)
+            dispatch.report_failure(handle, exc)
 
     def _receive_save(self, sender: Any, kwargs: dict[str, Any]) -> None:
         instance: models.Model = kwargs["instance"]
         event = "created" if kwargs.get("created") else "updated"
         changes = self._capture(instance, event == "created", kwargs.get("update_fields"))
         alias = self._alias(sender, kwargs)
-        if self.coalesce and transaction.call_in_transaction(alias):
+        if self.coalesce and dispatch.call_in_transaction(alias):
             key = (self, instance._meta.label_lower, instance.pk)
-            previous = transaction.pending_state(key, alias)
+            previous = dispatch.pending_state(key, alias)
             if isinstance(previous, _Pending):
                 event = previous.event
                 changes = _merge(previous.changes, changes, event)
             state = _Pending(event, changes)
             if self._passes(event, changes, sender, kwargs):
                 handle = self._handle(self._save_arguments(instance, event, changes))
-                transaction.defer_keyed(handle, alias, key=key, state=state)
+                dispatch.defer_keyed(handle, alias, key=key, state=state)
             else:
                 # Remembered without a task: a later save of this instance in the transaction
                 # merges into it (an instance created here stays "created"; a field that went
                 # back to where it started cancels), and sends only if the merge qualifies.
-                transaction.defer_keyed(None, alias, key=key, state=state)
+                dispatch.defer_keyed(None, alias, key=key, state=state)
             return
         if self._passes(event, changes, sender, kwargs):
             self._send(self._handle(self._save_arguments(instance, event, changes)), alias)

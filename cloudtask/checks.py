@@ -1,4 +1,4 @@
-"""System checks (cloudtask.E000-E010, W001, W002): configuration mistakes caught at start-up."""
+"""System checks (cloudtask.E000-E011, W001, W002): configuration mistakes caught at start-up."""
 
 from __future__ import annotations
 
@@ -10,41 +10,56 @@ from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
 from . import registry
+from .conf import TRANSPORT_ALIASES, build_settings
 from .exceptions import ConfigurationError
+from .message import queue_id_error, task_id_error
+from .transports import load_transport_class
+from .transports.cloudtasks import CloudTasksTransport
+from .transports.emulator import EmulatorTransport
 
 
 @register("cloudtask")
 def check_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    from .backends import load_backend_class
-    from .conf import BACKEND_ALIASES, build_settings
-    from .tasks import queue_id_error, task_id_error
-
+    configured = getattr(django_settings, "CLOUDTASK", None)
+    if isinstance(configured, dict) and "BACKEND" in configured:
+        return [
+            Error(
+                'CLOUDTASK["BACKEND"] was renamed CLOUDTASK["TRANSPORT"]: BACKEND now means a '
+                "django.tasks backend (TASKS[...]['BACKEND']).",
+                hint=f'Write "TRANSPORT": {configured["BACKEND"]!r} in CLOUDTASK instead of '
+                '"BACKEND".',
+                id="cloudtask.E011",
+            )
+        ]
     try:
-        s = build_settings(getattr(django_settings, "CLOUDTASK", None))
+        s = build_settings(configured)
     except ConfigurationError as exc:
         return [Error(str(exc), id="cloudtask.E000")]
 
     messages: list[CheckMessage] = []
-    backend_ok = True
+    transport_ok = True
     try:
-        backend_cls = load_backend_class(s.backend)
+        transport_cls = load_transport_class(s.transport)
     except ConfigurationError as exc:
-        backend_ok = False
+        transport_ok = False
         messages.append(
             Error(
                 str(exc),
-                hint='Use "emulator", "cloudtasks", "immediate" or a dotted path.',
+                hint='Use "emulator", "cloudtasks", "immediate", "capture" or a dotted path.',
                 id="cloudtask.E008",
             )
         )
-    if s.backend == "cloudtasks" or (
-        backend_ok
-        and s.backend not in BACKEND_ALIASES
-        and issubclass(backend_cls, _cloudtasks_backend())
-        and not issubclass(backend_cls, _emulator_backend())
-    ):
+    google = s.transport == "cloudtasks" or (
+        transport_ok
+        and s.transport not in TRANSPORT_ALIASES
+        and issubclass(transport_cls, CloudTasksTransport)
+        and not issubclass(transport_cls, EmulatorTransport)
+    )
+    # An emulator named by EMULATOR_HOST has a project and location of its own and signs its
+    # own tokens: none of the three is needed to talk to it.
+    if google and not s.emulator_host:
         for key, value, number in (
             ("PROJECT", s.project, 1),
             ("LOCATION", s.location, 2),
@@ -53,13 +68,13 @@ def check_settings(
             if not value:
                 messages.append(
                     Error(
-                        f'CLOUDTASK["{key}"] is required by the "cloudtasks" backend.',
+                        f'CLOUDTASK["{key}"] is required by the "cloudtasks" transport.',
                         id=f"cloudtask.E00{number}",
                     )
                 )
 
     tasks = sorted(registry.all_tasks(), key=lambda t: t.name)
-    if s.backend != "immediate" and not s.url:
+    if s.transport not in ("immediate", "capture") and not s.url:
         without = [t.name for t in tasks if not t.url]
         if without:
             messages.append(
@@ -116,34 +131,20 @@ def check_deploy(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
     """`manage.py check --deploy`: the zero-config default must not reach production unnoticed."""
-    from .conf import build_settings
-
     configured = getattr(django_settings, "CLOUDTASK", None)
     try:
         s = build_settings(configured)
     except ConfigurationError:
-        return []  # check_settings reports it (cloudtask.E000)
-    if s.backend != "emulator":
+        return []  # check_settings reports it (cloudtask.E000, E011)
+    if s.transport != "emulator":
         return []
-    default = "" if configured and "BACKEND" in configured else " (the default)"
+    default = "" if configured and "TRANSPORT" in configured else " (the default)"
     return [
         Warning(
-            f'CLOUDTASK["BACKEND"] is "emulator"{default}: tasks go to a Cloud Tasks emulator '
+            f'CLOUDTASK["TRANSPORT"] is "emulator"{default}: tasks go to a Cloud Tasks emulator '
             "inside this process, not to Google Cloud Tasks, and are lost when it stops.",
-            hint='Set CLOUDTASK["BACKEND"] = "cloudtasks" (with PROJECT, LOCATION and SAE) in '
+            hint='Set CLOUDTASK["TRANSPORT"] = "cloudtasks" (with PROJECT, LOCATION and SAE) in '
             "production settings.",
             id="cloudtask.W002",
         )
     ]
-
-
-def _cloudtasks_backend() -> type:
-    from .backends.cloudtasks import CloudTasksBackend
-
-    return CloudTasksBackend
-
-
-def _emulator_backend() -> type:
-    from .backends.emulator import EmulatorBackend
-
-    return EmulatorBackend

@@ -6,23 +6,26 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.conf import settings as django_settings
 from django.core.signals import setting_changed
-from django.dispatch import receiver
+from django.dispatch import Signal, receiver
 
 from .exceptions import ConfigurationError
 
-if TYPE_CHECKING:
-    from .signing import HmacKey
-
-#: Aliases accepted by CLOUDTASK["BACKEND"].
-BACKEND_ALIASES: dict[str, str] = {
-    "cloudtasks": "cloudtask.backends.cloudtasks.CloudTasksBackend",
-    "emulator": "cloudtask.backends.emulator.EmulatorBackend",
-    "immediate": "cloudtask.backends.immediate.ImmediateBackend",
+#: Aliases accepted by CLOUDTASK["TRANSPORT"].
+TRANSPORT_ALIASES: dict[str, str] = {
+    "cloudtasks": "cloudtask.transports.cloudtasks.CloudTasksTransport",
+    "emulator": "cloudtask.transports.emulator.EmulatorTransport",
+    "immediate": "cloudtask.transports.immediate.ImmediateTransport",
+    "capture": "cloudtask.transports.capture.CaptureTransport",
 }
+
+#: Sent after the cached settings were dropped (override_settings, setting_changed), so the
+#: layers above (the transport, the dispatch pool) rebuild what they made from them. conf sits
+#: below them and must not import them.
+settings_reset = Signal()
 
 DEFAULTS: dict[str, Any] = {
     "PROJECT": None,
@@ -31,7 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "URL": None,
     "QUEUE": "default",
     "SECRET": None,
-    "BACKEND": "emulator",
+    "TRANSPORT": "emulator",
     "EMULATOR_HOST": None,
     "EMULATOR": {},
     "MAX_PAYLOAD_SIZE": 102_400,
@@ -67,7 +70,7 @@ class CloudTaskSettings:
     queue: str
     #: Every accepted secret; the first one signs.
     secrets: tuple[str, ...]
-    backend: str
+    transport: str
     emulator_host: str | None
     emulator: Mapping[str, Any]
     max_payload_size: int
@@ -78,12 +81,12 @@ class CloudTaskSettings:
     oidc_certs_url: str | None
     on_commit_workers: int
     client_timeout: float
-    #: HMAC keys made from each secret once (see cloudtask.signing.HmacKey).
-    hmac_keys: tuple[HmacKey, ...] = field(repr=False, compare=False, default=())
+    #: Each secret encoded once, as HMAC keys (cloudtask.signing).
+    secret_keys: tuple[bytes, ...] = field(repr=False, compare=False, default=())
 
     @property
-    def backend_path(self) -> str:
-        return BACKEND_ALIASES.get(self.backend, self.backend)
+    def transport_path(self) -> str:
+        return TRANSPORT_ALIASES.get(self.transport, self.transport)
 
     @property
     def authenticated(self) -> bool:
@@ -129,6 +132,11 @@ def build_settings(user: object) -> CloudTaskSettings:
         user = {}
     if not isinstance(user, Mapping):
         raise ConfigurationError(f"The CLOUDTASK setting must be a dict, not {user!r}.")
+    if "BACKEND" in user:
+        raise ConfigurationError(
+            'CLOUDTASK["BACKEND"] was renamed CLOUDTASK["TRANSPORT"] (BACKEND now means a '
+            f'django.tasks backend in TASKS): write "TRANSPORT": {user["BACKEND"]!r} instead.'
+        )
     unknown = sorted(set(user) - set(DEFAULTS))
     if unknown:
         raise ConfigurationError(
@@ -150,11 +158,11 @@ def build_settings(user: object) -> CloudTaskSettings:
             "any verifies)."
         )
 
-    backend = raw["BACKEND"]
-    if not isinstance(backend, str) or not backend:
+    transport = raw["TRANSPORT"]
+    if not isinstance(transport, str) or not transport:
         raise ConfigurationError(
-            f'CLOUDTASK["BACKEND"] must be "emulator", "cloudtasks", "immediate" or the dotted '
-            f"path of a BaseBackend subclass, not {backend!r}."
+            f'CLOUDTASK["TRANSPORT"] must be "emulator", "cloudtasks", "immediate", "capture" or '
+            f"the dotted path of a BaseTransport subclass, not {transport!r}."
         )
 
     emulator = raw["EMULATOR"]
@@ -190,8 +198,6 @@ def build_settings(user: object) -> CloudTaskSettings:
         raise ConfigurationError(
             f'CLOUDTASK["CLIENT_TIMEOUT"] must be a positive number of seconds, not {timeout!r}.'
         )
-    from .signing import HmacKey
-
     queue = raw["QUEUE"]
     if not isinstance(queue, str) or not queue:
         raise ConfigurationError(f'CLOUDTASK["QUEUE"] must be a queue id string, not {queue!r}.')
@@ -203,7 +209,7 @@ def build_settings(user: object) -> CloudTaskSettings:
         url=_optional_str(raw, "URL"),
         queue=queue,
         secrets=secrets,
-        backend=backend,
+        transport=transport,
         emulator_host=_optional_str(raw, "EMULATOR_HOST"),
         emulator={**EMULATOR_DEFAULTS, **emulator, "QUEUES": tuple(queues)},
         max_payload_size=size,
@@ -216,7 +222,7 @@ def build_settings(user: object) -> CloudTaskSettings:
         oidc_certs_url=_optional_str(raw, "OIDC_CERTS_URL"),
         on_commit_workers=workers,
         client_timeout=float(timeout),
-        hmac_keys=tuple(HmacKey(s) for s in secrets),
+        secret_keys=tuple(s.encode() for s in secrets),
     )
 
 
@@ -241,13 +247,11 @@ def _load() -> CloudTaskSettings:
 
 
 def reset() -> None:
-    """Forget the cached settings and close the backend built from them."""
+    """Forget the cached settings; whatever was built from them is rebuilt on next use."""
     global _cached
     with _lock:
         _cached = None
-    from .backends import reset_backend
-
-    reset_backend()
+    settings_reset.send(sender=CloudTaskSettings)
 
 
 @receiver(setting_changed)

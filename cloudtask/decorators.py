@@ -4,7 +4,7 @@
 ``cloudtask.decorators.task`` working too.
 """
 
-from .tasks import task
-from .transaction import on_commit_task
+from .tasks import on_commit_task, task
+
 
 __all__ = ["on_commit_task", "task"]

@@ -13,7 +13,9 @@ import google.auth.transport.requests
 from google.auth import exceptions as auth_exceptions
 from google.oauth2 import id_token
 
+from . import registry
 from .conf import CloudTaskSettings
+from .transports import get_transport
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
@@ -95,21 +97,14 @@ def expected_audiences(settings: CloudTaskSettings) -> list[str]:
         return [settings.oidc_audience]
     if settings.url:
         return [settings.url]
-    from . import registry
-
     return sorted({t.url for t in registry.all_tasks() if t.url})
 
 
 def certs_url(settings: CloudTaskSettings) -> str:
     if settings.oidc_certs_url:
         return settings.oidc_certs_url
-    if settings.backend == "emulator":
-        from .backends.emulator import embedded_certs_url
-
-        url = embedded_certs_url()
-        if url:
-            return url
-    return GOOGLE_CERTS_URL
+    # A transport that signs its own tokens (the embedded emulator) says where its keys are.
+    return get_transport().oidc_certs_url() or GOOGLE_CERTS_URL
 
 
 def verify_bearer(

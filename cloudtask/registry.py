@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from django.utils.module_loading import autodiscover_modules
 
 from .exceptions import TaskRegistrationError, UnknownTask
 
-if TYPE_CHECKING:
-    from .tasks import Task
 
-_tasks: dict[str, Task[Any, Any]] = {}
+class Registered(Protocol):
+    """A registered task: a seed-API Task, or the adapter of a django.tasks task."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def func(self) -> Callable[..., Any]: ...
+
+
+_tasks: dict[str, Any] = {}
 _lock = threading.Lock()
 
 
-def _same_definition(a: Task[Any, Any], b: Task[Any, Any]) -> bool:
+def _same_definition(a: Registered, b: Registered) -> bool:
     # A module imported a second time (importlib.reload, a test re-import) redefines the same
     # function; that is not a clash. Two different functions claiming one name are.
     fa, fb = a.func, b.func
@@ -33,7 +42,7 @@ def _same_definition(a: Task[Any, Any], b: Task[Any, Any]) -> bool:
     )
 
 
-def register(task: Task[Any, Any]) -> None:
+def register(task: Registered) -> None:
     """Add a task; a second, different task with the same name is an error at import time."""
     with _lock:
         existing = _tasks.get(task.name)
@@ -51,7 +60,7 @@ def unregister(name: str) -> None:
         _tasks.pop(name, None)
 
 
-def get(name: str) -> Task[Any, Any]:
+def get(name: str) -> Any:
     """The task registered under name; UnknownTask if none (the endpoint answers 404)."""
     try:
         return _tasks[name]
@@ -59,7 +68,7 @@ def get(name: str) -> Task[Any, Any]:
         raise UnknownTask(f"No task is registered as {name!r}.") from None
 
 
-def all_tasks() -> list[Task[Any, Any]]:
+def all_tasks() -> list[Any]:
     with _lock:
         return list(_tasks.values())
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.http import HttpRequest
 
-if TYPE_CHECKING:
-    from .tasks import Task
 
 
 def _int(value: str | None) -> int:
@@ -32,9 +30,9 @@ class CloudTaskRequest:
         self,
         request: HttpRequest,
         *,
-        task: Task[Any, Any] | None,
+        task: Any,
         queue_name: str | None,
-        task_name: str | None,
+        task_id: str | None,
         retry_count: int = 0,
         execution_count: int = 0,
         eta: datetime | None = None,
@@ -44,14 +42,14 @@ class CloudTaskRequest:
         is_local: bool = False,
     ) -> None:
         self.request = request
-        #: The Task being run.
+        #: The registered task being run (a Task, or the adapter of a django.tasks task).
         self.task = task
         #: True for an inline run (.execute() / call()): no Cloud Tasks involved.
         self.is_local = is_local
         # Explicit values pre-fill the cached properties below.
         values = self.__dict__
         values["queue_name"] = queue_name
-        values["task_name"] = task_name
+        values["task_id"] = task_id
         values["retry_count"] = retry_count
         values["execution_count"] = execution_count
         values["eta"] = eta if eta is not None else datetime.now(UTC)
@@ -61,7 +59,7 @@ class CloudTaskRequest:
             values["headers"] = headers
 
     @classmethod
-    def from_http(cls, request: HttpRequest, task: Task[Any, Any]) -> CloudTaskRequest:
+    def from_http(cls, request: HttpRequest, task: Any) -> CloudTaskRequest:
         """Wrap a delivery from Cloud Tasks; its headers are parsed lazily."""
         self = cls.__new__(cls)
         self.request = request
@@ -77,9 +75,14 @@ class CloudTaskRequest:
         return queue.rsplit("/", 1)[-1] if queue else None
 
     @cached_property
-    def task_name(self) -> str | None:
+    def task_id(self) -> str | None:
         """Short Cloud Tasks task id (None for an inline .execute())."""
         return self.request.META.get("HTTP_X_CLOUDTASKS_TASKNAME") or None
+
+    @property
+    def task_name(self) -> str | None:
+        """Alias of task_id (the header's name, X-CloudTasks-TaskName)."""
+        return self.task_id
 
     @cached_property
     def retry_count(self) -> int:
@@ -126,6 +129,6 @@ class CloudTaskRequest:
 
     def __repr__(self) -> str:
         return (
-            f"<CloudTaskRequest queue={self.queue_name!r} task={self.task_name!r} "
+            f"<CloudTaskRequest queue={self.queue_name!r} task_id={self.task_id!r} "
             f"retry={self.retry_count} local={self.is_local}>"
         )

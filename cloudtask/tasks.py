@@ -5,15 +5,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import re
-import threading
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import (
     Any,
     Concatenate,
     Generic,
-    Literal,
     ParamSpec,
     TypedDict,
     TypeVar,
@@ -21,14 +18,24 @@ from typing import (
     overload,
 )
 
-from django.conf import settings as django_settings
-from django.utils import timezone
+from django.dispatch import Signal
+from django.http import HttpRequest
 
-from . import registry, signals
-from .backends import get_backend
-from .backends.base import EnqueuedTask, TaskMessage
+from . import registry
+from .bindings import BindingOptions, bind
 from .conf import get_settings, parse_deadline
-from .exceptions import ConfigurationError, InvalidSchedule, InvalidTaskCall, TaskRegistrationError
+from .dispatch import TaskHandle, adispatch, dispatch, send_batch
+from .exceptions import ConfigurationError, InvalidTaskCall, TaskRegistrationError
+from .executor import ArgumentCheck, Outcome, execute, run_coroutine
+from .message import (
+    MAX_URL_LENGTH,
+    TaskMessage,
+    check_schedule,
+    derived_task_id,
+    queue_id_error,
+    resolve_schedule,
+    task_id_error,
+)
 from .request import CloudTaskRequest
 from .serialization import canonical_arguments, dumps_envelope, encode_arguments
 from .signing import HEADER as SIGNATURE_HEADER
@@ -40,19 +47,14 @@ __all__ = [
     "Task",
     "TaskCall",
     "TaskHandle",
-    "send",
+    "on_commit_task",
+    "send_many",
     "task",
 ]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Cloud Tasks limits (cloud-tasks-facts.md).
-MAX_SCHEDULE_AHEAD = timedelta(days=30)
-MAX_URL_LENGTH = 2083
-_TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,500}")
-_QUEUE_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
-_NOT_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 #: Headers the package sets itself; a task may not override them.
 _RESERVED_HEADERS = frozenset({"authorization", SIGNATURE_HEADER.lower(), "content-length", "host"})
 
@@ -79,32 +81,6 @@ class _ArgsHash:
 ARGS_HASH = _ArgsHash()
 
 Named = bool | str | _ArgsHash
-
-
-def task_id_error(value: object) -> str | None:
-    """Why value is not a valid Cloud Tasks task id, or None when it is."""
-    if not isinstance(value, str):
-        return f"a task id must be a string, not {value!r}"
-    if _TASK_ID.fullmatch(value) is None:
-        return (
-            f"task id {value!r} is invalid: use 1 to 500 characters from A-Z, a-z, 0-9, '_' "
-            f"and '-' (it has {len(value)})"
-            if len(value) > 500 or not value
-            else f"task id {value!r} is invalid: use only A-Z, a-z, 0-9, '_' and '-'"
-        )
-    return None
-
-
-def queue_id_error(value: object) -> str | None:
-    """Why value is not a valid Cloud Tasks queue id, or None when it is."""
-    if not isinstance(value, str) or _QUEUE_ID.fullmatch(value) is None:
-        return f"queue id {value!r} is invalid: use 1 to 100 characters from A-Z, a-z, 0-9 and '-'"
-    return None
-
-
-def derived_task_id(registered_name: str) -> str:
-    """The fixed task id of ``named=True``: the registered name with invalid characters replaced."""
-    return _NOT_ID_CHARS.sub("-", registered_name)[:500]
 
 
 class Task(Generic[P, R]):
@@ -171,7 +147,8 @@ class Task(Generic[P, R]):
         ):
             raise TaskRegistrationError(
                 f"{where}: a task's first parameter receives the CloudTaskRequest; "
-                f"{func.__qualname__}() takes none."
+                f"{func.__qualname__}() takes none. Write "
+                f"def {func.__name__}(request, ...)."
             )
         # The signature callers see: the function's, minus the request parameter.
         self.call_signature = (
@@ -185,6 +162,8 @@ class Task(Generic[P, R]):
             if p.kind
             in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         )
+        self.arguments = ArgumentCheck(self.call_signature)
+        self.is_async = inspect.iscoroutinefunction(func)
         self.queue = queue
         self.url = url
         self.named = named
@@ -203,11 +182,20 @@ class Task(Generic[P, R]):
             return self.named
         return None
 
+    # -- what the executor calls (cloudtask.executor.Runnable) -------------------------------
+
+    def arguments_error(self, args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
+        return self.arguments.error(args, kwargs)
+
+    def invoke(self, request: CloudTaskRequest, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.is_async:
+            return run_coroutine(self.func, request, *args, **kwargs)  # type: ignore[arg-type]
+        return self.func(request, *args, **kwargs)
+
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> TaskCall[P, R]:
-        try:
-            self.call_signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise InvalidTaskCall(f"{self.func.__name__}(): {exc}") from None
+        error = self.arguments.error(args, kwargs)
+        if error is not None:
+            raise InvalidTaskCall(f"{self.func.__name__}(): {error}")
         return TaskCall(self, args, kwargs)
 
     def __repr__(self) -> str:
@@ -215,7 +203,11 @@ class Task(Generic[P, R]):
 
 
 class TaskCall(Generic[P, R]):
-    """One call of a task with its arguments, ready to be sent or run inline."""
+    """One call of a task with its arguments, ready to be sent or run inline.
+
+    Every way of sending it (delay, push, schedule, delay_on_commit, their async twins, and
+    cloudtask.send_many) encodes it once and hands the message to cloudtask.dispatch.
+    """
 
     __slots__ = ("args", "kwargs", "task", "url")
 
@@ -233,11 +225,19 @@ class TaskCall(Generic[P, R]):
         return self.task.queue or get_settings().queue
 
     def encode(
-        self, *, name: str | None = None, schedule_time: datetime | None = None
+        self,
+        *,
+        task_id: str | None = None,
+        schedule_time: datetime | None = None,
+        name: str | None = None,
     ) -> TaskMessage:
-        """Validate, serialize and sign this call. Raises before any network call."""
+        """Validate, serialize and sign this call. Raises before any network call.
+
+        ``name`` is the seed API's spelling of ``task_id``.
+        """
         task = self.task
         settings = get_settings()
+        task_id = _one_id(task, task_id, name)
         enc_args, enc_kwargs = encode_arguments(
             task.name,
             self.args,
@@ -252,14 +252,8 @@ class TaskCall(Generic[P, R]):
                 f"{settings.max_payload_size}-byte limit set by CLOUDTASK['MAX_PAYLOAD_SIZE']; "
                 "pass a reference (a model instance or an id) instead of the data."
             )
-        if name is not None:
-            if err := task_id_error(name):
-                raise InvalidTaskCall(f"{task.func.__name__}(): name= {err}.")
-            task_id: str | None = name
-        elif task.named is ARGS_HASH:
-            task_id = self.args_hash()
-        else:
-            task_id = task.fixed_id
+        if task_id is None:
+            task_id = self.args_hash() if task.named is ARGS_HASH else task.fixed_id
         url = self.url or settings.url or ""
         if len(url) > MAX_URL_LENGTH:
             raise InvalidTaskCall(
@@ -267,7 +261,7 @@ class TaskCall(Generic[P, R]):
                 f"most {MAX_URL_LENGTH}."
             )
         if schedule_time is not None:
-            schedule_time = _check_schedule(schedule_time, datetime.now(UTC))
+            schedule_time = check_schedule(schedule_time)
         headers = {"Content-Type": "application/json", **task.headers}
         signature = sign(body, settings)
         if signature is not None:
@@ -296,44 +290,96 @@ class TaskCall(Generic[P, R]):
         )
         return hashlib.sha256(canonical_arguments(self.task.name, [], named)).hexdigest()
 
-    def _dispatch(self, message: TaskMessage, using: str | None, force_defer: bool) -> TaskHandle:
-        handle = TaskHandle(self, message)
-        if force_defer or self.task.on_commit:
-            from .transaction import defer
+    def _send(
+        self, message: TaskMessage, *, on_commit: bool = False, using: str | None = None
+    ) -> TaskHandle:
+        return dispatch(
+            message,
+            call=self,
+            sender=self.task,
+            on_commit=on_commit or self.task.on_commit,
+            using=using if using is not None else self.task.using,
+        )
 
-            return defer(handle, using=using if using is not None else self.task.using)
-        return send(handle)
+    def delay(self, *, task_id: str | None = None, name: str | None = None) -> TaskHandle:
+        """Send this call to run as soon as possible; returns its handle.
 
-    def delay(self, *, name: str | None = None) -> TaskHandle:
-        """Send this call to run as soon as possible; returns the handle with the task's name."""
-        return self._dispatch(self.encode(name=name), None, False)
+        ``task_id`` names the Cloud Tasks task (deduplicated); ``name`` is the seed's spelling.
+        """
+        return self._send(self.encode(task_id=task_id, name=name))
 
-    def push(self, *, name: str | None = None) -> TaskHandle:
+    def push(self, *, task_id: str | None = None, name: str | None = None) -> TaskHandle:
         """Alias of delay()."""
-        return self._dispatch(self.encode(name=name), None, False)
+        return self._send(self.encode(task_id=task_id, name=name))
 
     def schedule(
         self,
         at: datetime | timedelta | None = None,
         *,
         countdown: timedelta | float | None = None,
+        task_id: str | None = None,
         name: str | None = None,
     ) -> TaskHandle:
         """Send this call to run at ``at`` (a datetime, or a timedelta from now) or after
         ``countdown`` (seconds or timedelta). At most 30 days ahead."""
         when = resolve_schedule(at, countdown)
-        return self._dispatch(self.encode(name=name, schedule_time=when), None, False)
+        return self._send(self.encode(task_id=task_id, name=name, schedule_time=when))
 
-    def delay_on_commit(self, *, using: str | None = None, name: str | None = None) -> TaskHandle:
+    def delay_on_commit(
+        self, *, using: str | None = None, task_id: str | None = None, name: str | None = None
+    ) -> TaskHandle:
         """Send this call when the current transaction on ``using`` commits (now if none)."""
-        return self._dispatch(self.encode(name=name), using, True)
+        return self._send(self.encode(task_id=task_id, name=name), on_commit=True, using=using)
+
+    async def adelay(self, *, task_id: str | None = None, name: str | None = None) -> TaskHandle:
+        """delay() for async code: sent on the async client, never blocking the event loop."""
+        return await self._asend(self.encode(task_id=task_id, name=name))
+
+    async def aschedule(
+        self,
+        at: datetime | timedelta | None = None,
+        *,
+        countdown: timedelta | float | None = None,
+        task_id: str | None = None,
+        name: str | None = None,
+    ) -> TaskHandle:
+        """schedule() for async code."""
+        when = resolve_schedule(at, countdown)
+        return await self._asend(self.encode(task_id=task_id, name=name, schedule_time=when))
+
+    async def _asend(self, message: TaskMessage) -> TaskHandle:
+        return await adispatch(
+            message,
+            call=self,
+            sender=self.task,
+            on_commit=self.task.on_commit,
+            using=self.task.using,
+        )
 
     def execute(self) -> R:
-        """Run the task now, in this process, with these arguments; returns its result."""
-        from .handler import run_inline
+        """Run the task now, in this process, through the one executor; returns its result.
 
-        result: R = run_inline(self)
-        return result
+        No Cloud Tasks is involved, so nothing retries: a failure, or a Retry, is raised here.
+        A Discard is a task stopping for good without error, as over HTTP (200): it returns None.
+        """
+        http_request = HttpRequest()
+        http_request.method = "POST"
+        request = CloudTaskRequest(
+            http_request,
+            task=self.task,
+            queue_name=self.queue,
+            task_id=None,
+            headers={},
+            is_local=True,
+        )
+        outcome = execute(self.task, request, self.args, self.kwargs)
+        if outcome.outcome is Outcome.SUCCEEDED:
+            result: R = outcome.value
+            return result
+        if outcome.outcome is Outcome.DISCARDED:
+            return None  # type: ignore[return-value]
+        assert outcome.error is not None
+        raise outcome.error
 
     def __call__(self) -> R:
         return self.execute()
@@ -343,107 +389,29 @@ class TaskCall(Generic[P, R]):
         return f"<TaskCall {self.task.name}({', '.join(parts)})>"
 
 
-def _check_schedule(when: datetime, now: datetime) -> datetime:
-    if timezone.is_naive(when):
-        raise InvalidSchedule(f"schedule time {when!r} must be timezone-aware.")
-    if when - now > MAX_SCHEDULE_AHEAD:
-        raise InvalidSchedule(
-            f"schedule time {when.isoformat()} is more than 30 days ahead; Cloud Tasks refuses it."
+def _one_id(task: Task[Any, Any], task_id: str | None, name: str | None) -> str | None:
+    """The per-call task id given as task_id= or (the seed's spelling) name=, checked."""
+    if task_id is not None and name is not None and task_id != name:
+        raise InvalidTaskCall(
+            f"{task.func.__name__}(): give task_id= or name= (its older spelling), not both."
         )
-    return when
+    chosen = task_id if task_id is not None else name
+    if chosen is not None and (err := task_id_error(chosen)):
+        raise InvalidTaskCall(f"{task.func.__name__}(): task_id= {err}.")
+    return chosen
 
 
-def resolve_schedule(
-    at: datetime | timedelta | None, countdown: timedelta | float | None
-) -> datetime:
-    """The aware delivery time meant by schedule()'s arguments.
+def send_many(
+    calls: Iterable[TaskCall[Any, Any]], *, return_failures: bool = False
+) -> list[TaskHandle]:
+    """Send many task calls concurrently (on the dispatch pool); their handles, in order.
 
-    A naive datetime is read in Django's current time zone when USE_TZ is True, else in the
-    machine's local time zone (what a naive datetime means in each Django mode).
+    Every call is encoded first, so an argument that will not serialize fails before anything
+    is sent. Every call is then attempted; unless ``return_failures``, the first failure is
+    raised once all have settled (each handle says sent or failed).
     """
-    now = datetime.now(UTC)
-    if at is not None and countdown is not None:
-        raise InvalidSchedule("schedule() takes at= or countdown=, not both.")
-    if countdown is not None:
-        if isinstance(countdown, bool) or not isinstance(countdown, int | float | timedelta):
-            raise InvalidSchedule(f"countdown= must be seconds or a timedelta, not {countdown!r}.")
-        when = now + (
-            countdown if isinstance(countdown, timedelta) else timedelta(seconds=countdown)
-        )
-    elif isinstance(at, datetime):
-        if timezone.is_naive(at):
-            at = (
-                timezone.make_aware(at, timezone.get_current_timezone())
-                if django_settings.USE_TZ
-                else at.astimezone()
-            )
-        when = at
-    elif isinstance(at, timedelta):
-        when = now + at
-    elif at is None:
-        raise InvalidSchedule("schedule() needs at= (a datetime or timedelta) or countdown=.")
-    else:
-        raise InvalidSchedule(f"at= must be a datetime or a timedelta, not {at!r}.")
-    return _check_schedule(when, now)
-
-
-State = Literal["pending", "sent", "failed"]
-
-
-class TaskHandle:
-    """A sent (or about-to-be-sent) task call."""
-
-    def __init__(self, call: TaskCall[Any, Any], message: TaskMessage) -> None:
-        self.call = call
-        self.message = message
-        self.state: State = "pending"
-        #: Full resource name, projects/P/locations/L/queues/Q/tasks/ID, once sent.
-        self.name: str | None = None
-        self.schedule_time: datetime | None = message.schedule_time
-        self.error: BaseException | None = None
-        self._done = threading.Event()
-
-    @property
-    def id(self) -> str | None:
-        """Short task id, once sent."""
-        return self.name.rsplit("/", 1)[-1] if self.name else None
-
-    @property
-    def queue(self) -> str:
-        return self.message.queue
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until sent or failed (an on-commit call is sent at commit); True if done."""
-        return self._done.wait(timeout)
-
-    def _sent(self, enqueued: EnqueuedTask) -> None:
-        self.name = enqueued.name
-        if enqueued.schedule_time is not None:
-            self.schedule_time = enqueued.schedule_time
-        self.state = "sent"
-        self._done.set()
-
-    def _failed(self, exc: BaseException) -> None:
-        self.error = exc
-        self.state = "failed"
-        self._done.set()
-
-    def __repr__(self) -> str:
-        return f"<TaskHandle {self.call.task.name} {self.state} {self.name or ''}>".replace(
-            " >", ">"
-        )
-
-
-def send(handle: TaskHandle) -> TaskHandle:
-    """Enqueue handle.message on the configured backend now (thread-safe)."""
-    try:
-        enqueued = get_backend().enqueue(handle.message)
-    except BaseException as exc:
-        handle._failed(exc)
-        raise
-    handle._sent(enqueued)
-    signals.task_enqueued.send(sender=handle.call.task, call=handle.call, handle=handle)
-    return handle
+    encoded = [(call.encode(), call, call.task) for call in calls]
+    return send_batch(encoded, return_failures=return_failures)
 
 
 class TaskOptions(TypedDict, total=False):
@@ -457,6 +425,10 @@ class TaskOptions(TypedDict, total=False):
     headers: Mapping[str, str] | None
     max_attempts: int | None
     using: str | None
+
+
+class OnCommitTaskOptions(TaskOptions, BindingOptions, total=False):
+    """``@on_commit_task``'s options: a task's, plus a binding's conditions (with on=)."""
 
 
 @overload
@@ -481,6 +453,51 @@ def task(
     def decorate(f: Callable[Concatenate[CloudTaskRequest, P], R]) -> Task[P, R]:
         t = Task(f, on_commit=on_commit, **options)
         registry.register(t)
+        return t
+
+    if func is not None:
+        return decorate(func)
+    return decorate
+
+
+_BINDING_KEYS = frozenset(BindingOptions.__annotations__)
+
+
+@overload
+def on_commit_task(func: Callable[Concatenate[CloudTaskRequest, P], R], /) -> Task[P, R]: ...
+
+
+@overload
+def on_commit_task(
+    func: None = None, /, *, on: Signal | None = None, **options: Unpack[OnCommitTaskOptions]
+) -> Callable[[Callable[Concatenate[CloudTaskRequest, P], R]], Task[P, R]]: ...
+
+
+def on_commit_task(
+    func: Callable[Concatenate[CloudTaskRequest, P], R] | None = None,
+    /,
+    *,
+    on: Signal | None = None,
+    **options: Unpack[OnCommitTaskOptions],
+) -> Task[P, R] | Callable[[Callable[Concatenate[CloudTaskRequest, P], R]], Task[P, R]]:
+    """``@task(on_commit=True)``: its .delay(), .push() and .schedule() wait for the commit.
+
+    With on= or sender= (and the binding conditions fields=, when=, created=, updated=,
+    deleted=, coalesce=, raw=) the task is also bound to that signal: see cloudtask.bind().
+    """
+    binding: dict[str, Any] = {k: v for k, v in options.items() if k in _BINDING_KEYS}
+    task_options: dict[str, Any] = {k: v for k, v in options.items() if k not in _BINDING_KEYS}
+    binds = on is not None or "sender" in binding or binding.get("deleted") is not None
+
+    def decorate(f: Callable[Concatenate[CloudTaskRequest, P], R]) -> Task[P, R]:
+        if binding and not binds:
+            raise TaskRegistrationError(
+                f"@on_commit_task on {f.__module__}.{f.__qualname__}: binding options "
+                f"({', '.join(f'{k}=' for k in sorted(binding))}) need on= or sender=."
+            )
+        t: Task[P, R] = task(on_commit=True, **task_options)(f)
+        if binds:
+            bind(on, task=t, **binding)
         return t
 
     if func is not None:

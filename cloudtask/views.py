@@ -8,5 +8,5 @@ from . import handler
 
 @csrf_exempt
 def task_endpoint(request: HttpRequest) -> HttpResponse:
-    """Authenticate, decode, route and run one task delivery; see cloudtask.handler."""
+    """Authenticate, parse, route and run one task delivery; see cloudtask.handler."""
     return handler.handle(request)

@@ -80,8 +80,10 @@ def serve(emulator: Emulator, out: TextIO) -> None:
             for queue in sorted(emulator.store.queues):
                 out.write(f"queue: {queue}\n")
             out.write(
-                f'Point cloudtask at it with CLOUDTASK = {{"EMULATOR_HOST": "{emulator.address}", '
-                '"BACKEND": "cloudtasks", ...}; stop with Ctrl-C.\n'
+                "Point cloudtask at it with CLOUDTASK = {"
+                f'"TRANSPORT": "cloudtasks", "EMULATOR_HOST": "{emulator.address}", '
+                f'"PROJECT": "{emulator.project}", "LOCATION": "{emulator.location}", ...}}; '
+                "stop with Ctrl-C.\n"
             )
             out.flush()
             stop.wait()

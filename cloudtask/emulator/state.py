@@ -11,7 +11,7 @@ import heapq
 import itertools
 import re
 import secrets
-from collections import OrderedDict
+
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +20,7 @@ import grpc
 from google.cloud import tasks_v2
 
 from . import policy
+from ..dedup import RecentNames
 from .clock import Clock
 from .policy import RetryPolicy, TokenBucket
 
@@ -349,7 +350,8 @@ class Store:
         self.cond = threading.Condition(threading.RLock())
         self.queues: dict[str, QueueRecord] = {}
         self.deleted_queues: dict[str, float] = {}  # name -> deletion time
-        self.tombstones: OrderedDict[str, float] = OrderedDict()  # task name -> expiry
+        # Recently finished or deleted task names (Cloud Tasks' named-task dedup).
+        self.tombstones = RecentNames(dedup_window, clock.now)
         self.in_flight = 0
         self.auto_create_queues = False
         self._seq = itertools.count(1)
@@ -525,21 +527,10 @@ class Store:
     # -- tasks -------------------------------------------------------------------------------
 
     def _tombstone(self, name: str) -> None:
-        self.tombstones[name] = self.clock.now() + self.dedup_window
-        self.tombstones.move_to_end(name)
+        self.tombstones.take(name)
 
     def _name_taken(self, name: str, record: QueueRecord) -> bool:
-        if name in record.tasks:
-            return True
-        now = self.clock.now()
-        # Tombstones are appended in expiry order: drop the expired ones from the front.
-        while self.tombstones:
-            _, oldest_expiry = next(iter(self.tombstones.items()))
-            if oldest_expiry > now:
-                break
-            self.tombstones.popitem(last=False)
-        expiry = self.tombstones.get(name)
-        return expiry is not None and expiry > now
+        return name in record.tasks or self.tombstones.is_taken(name)
 
     def create_task(self, parent: str, task: tasks_v2.Task) -> TaskRecord:
         parse_queue_name(parent)

@@ -1,6 +1,6 @@
 """The zero-config default: an embedded Cloud Tasks emulator started in this process on first use.
 
-Tasks go through the real google-cloud-tasks client (the cloudtasks backend's code) over gRPC to
+Tasks go through the real google-cloud-tasks client (the cloudtasks transport's code) over gRPC to
 cloudtask.emulator, which POSTs them to CLOUDTASK["URL"] like Cloud Tasks would: the same
 signatures, OIDC tokens, retries and named-task dedup as production, on a laptop.
 """
@@ -12,7 +12,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .cloudtasks import CloudTasksBackend
+from .cloudtasks import CloudTasksTransport
 
 if TYPE_CHECKING:
     from cloudtask.emulator import Emulator
@@ -57,15 +57,6 @@ def embedded_emulator(
         return emu
 
 
-def embedded_certs_url() -> str | None:
-    """certs_url of the embedded emulator serving the current settings, if it is running."""
-    from ..conf import get_settings
-
-    s = get_settings()
-    emu = _emulators.get(_key(dict(s.emulator), s.project, s.location))
-    return emu.certs_url if emu is not None else None
-
-
 @atexit.register
 def _stop_all() -> None:
     with _lock:
@@ -75,8 +66,8 @@ def _stop_all() -> None:
         emu.stop(grace=0.2)
 
 
-class EmulatorBackend(CloudTasksBackend):
-    """The cloudtasks backend pointed at the embedded emulator (started on first use)."""
+class EmulatorTransport(CloudTasksTransport):
+    """The cloudtasks transport pointed at the embedded emulator (started on first use)."""
 
     @property
     def emulator(self) -> Emulator:
@@ -85,3 +76,9 @@ class EmulatorBackend(CloudTasksBackend):
 
     def emulator_host(self) -> str | None:
         return str(self.emulator.address)
+
+    def oidc_certs_url(self) -> str | None:
+        # The emulator signs its OIDC tokens with its own key and serves the certificate.
+        s = self.settings
+        emu = _emulators.get(_key(dict(s.emulator), s.project, s.location))
+        return emu.certs_url if emu is not None else None

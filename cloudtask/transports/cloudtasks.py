@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import weakref
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,7 +13,7 @@ from google.cloud import tasks_v2
 
 from ..conf import CloudTaskSettings
 from ..exceptions import ConfigurationError, EnqueueError, QueueNotFound, TaskAlreadyExists
-from .base import BaseBackend, EnqueuedTask, TaskMessage
+from .base import BaseTransport, EnqueuedTask, TaskMessage
 
 _POST = int(tasks_v2.HttpMethod.POST)
 _PB_CREATE_TASK_REQUEST = tasks_v2.CreateTaskRequest.pb()
@@ -33,23 +35,38 @@ def make_client(emulator_host: str | None) -> Any:
     return tasks_v2.CloudTasksClient()
 
 
-class CloudTasksBackend(BaseBackend):
-    """One CloudTasksClient per process (built on first use, then shared by every thread)."""
+def make_async_client(emulator_host: str | None) -> Any:
+    """A CloudTasksAsyncClient bound to the running event loop (grpc.aio channels are)."""
+    if emulator_host:
+        from grpc import aio
+        from google.cloud.tasks_v2.services.cloud_tasks.transports import (
+            CloudTasksGrpcAsyncIOTransport,
+        )
 
-    def __init__(self, options: dict[str, object], *, client: Any = None) -> None:
-        super().__init__(options)
-        settings = options.get("settings")
-        if not isinstance(settings, CloudTaskSettings):
-            from ..conf import get_settings
+        channel = aio.insecure_channel(emulator_host)
+        return tasks_v2.CloudTasksAsyncClient(
+            transport=CloudTasksGrpcAsyncIOTransport(channel=channel)
+        )
+    return tasks_v2.CloudTasksAsyncClient()
 
-            settings = get_settings()
-        self.settings: CloudTaskSettings = settings
+
+class CloudTasksTransport(BaseTransport):
+    """One CloudTasksClient per process (built on first use, then shared by every thread), and one
+    CloudTasksAsyncClient per event loop for aenqueue()."""
+
+    supports_async = True
+
+    def __init__(self, settings: CloudTaskSettings, *, client: Any = None) -> None:
+        super().__init__(settings)
         self._client = client
         self._owns_client = client is None
         self._lock = threading.Lock()
         self._parents: dict[str, str] = {}
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
 
-    # Overridden by the embedded emulator backend.
+    # Overridden by the embedded emulator transport.
     def emulator_host(self) -> str | None:
         return self.settings.emulator_host
 
@@ -60,7 +77,9 @@ class CloudTasksBackend(BaseBackend):
         if self.emulator_host():
             return s.project or "local-project", s.location or "local"
         missing = "PROJECT" if not s.project else "LOCATION"
-        raise ConfigurationError(f'CLOUDTASK["{missing}"] is required by the "cloudtasks" backend.')
+        raise ConfigurationError(
+            f'CLOUDTASK["{missing}"] is required by the "cloudtasks" transport.'
+        )
 
     @property
     def client(self) -> Any:
@@ -70,6 +89,14 @@ class CloudTasksBackend(BaseBackend):
                 if self._client is None:
                     self._client = make_client(self.emulator_host())
                 client = self._client
+        return client
+
+    def async_client(self) -> Any:
+        """The CloudTasksAsyncClient of the running event loop (made on first use in it)."""
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            client = self._async_clients[loop] = make_async_client(self.emulator_host())
         return client
 
     def parent(self, queue: str) -> str:
@@ -119,21 +146,44 @@ class CloudTasksBackend(BaseBackend):
         request = self.build_request(message, parent)
         try:
             created = self.client.create_task(request=request, timeout=self.settings.client_timeout)
-        except api_exceptions.Conflict as exc:
-            # AlreadyExists (gRPC) subclasses Conflict (REST's 409): one clause covers both.
-            raise TaskAlreadyExists(
-                f"Task {message.task_id!r} already exists in {parent}, or ran or was deleted "
-                f"recently (Cloud Tasks keeps used names for up to a day): {exc.message}"
-            ) from exc
-        except api_exceptions.NotFound as exc:
-            raise QueueNotFound(
-                f"Queue {parent} does not exist (task {message.task_name!r}); create it, or fix "
-                f'CLOUDTASK["QUEUE"] / @task(queue=...): {exc.message}'
-            ) from exc
         except api_exceptions.GoogleAPIError as exc:
-            raise EnqueueError(
-                f"Cloud Tasks did not create task {message.task_name!r} in {parent}: {exc}"
-            ) from exc
+            raise self.translate_error(exc, message, parent) from exc
+        return self.enqueued(message, created)
+
+    async def aenqueue(self, message: TaskMessage) -> EnqueuedTask:
+        parent = self.parent(message.queue)
+        request = self.build_request(message, parent)
+        try:
+            created = await self.async_client().create_task(
+                request=request, timeout=self.settings.client_timeout
+            )
+        except api_exceptions.GoogleAPIError as exc:
+            raise self.translate_error(exc, message, parent) from exc
+        return self.enqueued(message, created)
+
+    @staticmethod
+    def translate_error(
+        exc: api_exceptions.GoogleAPIError, message: TaskMessage, parent: str
+    ) -> EnqueueError:
+        """cloudtask's error for an API error, naming the task, the id and the queue."""
+        text = getattr(exc, "message", None) or str(exc)
+        if isinstance(exc, api_exceptions.Conflict):
+            # AlreadyExists (gRPC) subclasses Conflict (REST's 409): one check covers both.
+            return TaskAlreadyExists(
+                f"Task {message.task_id!r} already exists in {parent}, or ran or was deleted "
+                f"recently (Cloud Tasks keeps used names for up to a day): {text}"
+            )
+        if isinstance(exc, api_exceptions.NotFound):
+            return QueueNotFound(
+                f"Queue {parent} does not exist (task {message.task_name!r}); create it, or fix "
+                f'CLOUDTASK["QUEUE"] / @task(queue=...): {text}'
+            )
+        return EnqueueError(
+            f"Cloud Tasks did not create task {message.task_name!r} in {parent}: {exc}"
+        )
+
+    @staticmethod
+    def enqueued(message: TaskMessage, created: Any) -> EnqueuedTask:
         pb = tasks_v2.Task.pb(created)
         # The time asked for, exactly; else Cloud Tasks' own choice (about now).
         schedule = message.schedule_time
@@ -142,10 +192,11 @@ class CloudTasksBackend(BaseBackend):
             schedule = datetime.fromtimestamp(ts.seconds, UTC) + timedelta(
                 microseconds=ts.nanos // 1000
             )
-        return EnqueuedTask(name=pb.name, schedule_time=schedule)
+        return EnqueuedTask(resource_name=pb.name, schedule_time=schedule)
 
     def close(self) -> None:
         with self._lock:
             client, self._client = self._client, None
+            self._async_clients = weakref.WeakKeyDictionary()
         if client is not None and self._owns_client:
             client.transport.close()

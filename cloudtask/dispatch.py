@@ -1,7 +1,11 @@
-"""Transaction-safe dispatch: task calls that are sent only once their transaction commits.
+"""Dispatch: the one way a task call leaves this process, now or when its transaction commits.
 
-How it works (Django 5.2 and 6.x share these semantics; see run_and_clear_commit_hooks and
-savepoint_rollback in django/db/backends/base/base.py):
+Every front-end (the seed API's ``delay``/``push``/``schedule``/``delay_on_commit``, Django's
+``enqueue``, model-signal bindings) builds a TaskMessage and calls ``dispatch()`` (or
+``adispatch()``); this module sends it through the transport and settles its TaskHandle.
+
+Transaction-safe dispatch, how it works (Django 5.2 and 6.x share these semantics; see
+run_and_clear_commit_hooks and savepoint_rollback in django/db/backends/base/base.py):
 
 * Inside atomic(), each deferred handle registers its own small callable, a ``_Deferred``, with
   ``transaction.on_commit(..., robust=True)``. Django therefore keeps savepoint semantics for us:
@@ -15,6 +19,8 @@ savepoint_rollback in django/db/backends/base/base.py):
   concurrently on a bounded pool (CLOUDTASK["ON_COMMIT_WORKERS"]) and waits, so the commit (and
   a request under ATOMIC_REQUESTS) returns after the tasks are sent. The later callables find
   the batch flushed and return.
+* A handle whose callable Django drops without running it (rollback) settles as "dropped"
+  through its weak reference's callback, so nobody waits on it forever.
 * TestCase.captureOnCommitCallbacks(execute=True) calls the same callables, so it drives this
   exactly like a real commit.
 
@@ -32,40 +38,205 @@ import logging
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, Unpack, overload
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db import transaction as django_transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.dispatch import Signal
 
 from . import signals
 from .conf import get_settings
-from .exceptions import TaskRegistrationError
-from .request import CloudTaskRequest
-from .tasks import Task, TaskOptions, task
-
-if TYPE_CHECKING:
-    from .tasks import TaskHandle
-
-P = ParamSpec("P")
-R = TypeVar("R")
+from .message import EnqueuedTask, TaskMessage
+from .transports import get_transport
 
 __all__ = [
     "ConcurrentDispatcher",
     "Dispatcher",
+    "TaskHandle",
+    "adispatch",
+    "asend",
     "defer",
+    "dispatch",
     "get_dispatcher",
-    "on_commit_task",
     "report_failure",
+    "send",
+    "send_batch",
     "set_dispatcher",
 ]
 
-logger = logging.getLogger("cloudtask.transaction")
+logger = logging.getLogger("cloudtask.dispatch")
+
+State = Literal["pending", "sent", "failed", "dropped"]
+
+
+class TaskHandle:
+    """One dispatched task call: pending until sent, then sent, failed or dropped (its
+    transaction or savepoint rolled back, or a later save of the same instance superseded it).
+    Every handle reaches one of the three terminal states, so wait() always returns."""
+
+    def __init__(self, message: TaskMessage, *, call: Any = None, sender: Any = None) -> None:
+        self.message = message
+        #: The front-end's call object (a TaskCall, a django.tasks TaskResult), for signals.
+        self.call = call
+        #: The sender of cloudtask's signals about this call (the Task object).
+        self.sender = sender
+        self.state: State = "pending"
+        #: Full resource name, projects/P/locations/L/queues/Q/tasks/ID, once sent.
+        self.resource_name: str | None = None
+        #: When Cloud Tasks will deliver it (as asked, or when it actually ran for a transport
+        #: that does not schedule).
+        self.schedule_time: datetime | None = message.schedule_time
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+
+    @property
+    def task_id(self) -> str | None:
+        """Short Cloud Tasks task id: fixed at dispatch for a named call, else known once sent."""
+        if self.resource_name:
+            return self.resource_name.rsplit("/", 1)[-1]
+        return self.message.task_id
+
+    @property
+    def id(self) -> str | None:
+        """Alias of task_id (the seed API's spelling)."""
+        return self.task_id
+
+    @property
+    def name(self) -> str | None:
+        """Alias of resource_name (the seed API's spelling)."""
+        return self.resource_name
+
+    @property
+    def queue(self) -> str:
+        return self.message.queue
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until sent, failed or dropped (an on-commit call settles at commit or
+        rollback); True once settled."""
+        return self._done.wait(timeout)
+
+    def _sent(self, enqueued: EnqueuedTask) -> None:
+        self.resource_name = enqueued.resource_name
+        if enqueued.schedule_time is not None:
+            self.schedule_time = enqueued.schedule_time
+        self.state = "sent"
+        self._done.set()
+
+    def _failed(self, exc: BaseException) -> None:
+        self.error = exc
+        self.state = "failed"
+        self._done.set()
+
+    def _dropped(self) -> None:
+        if self.state == "pending":
+            self.state = "dropped"
+            self._done.set()
+
+    def __repr__(self) -> str:
+        where = f" {self.resource_name}" if self.resource_name else ""
+        return f"<TaskHandle {self.message.task_name} {self.state}{where}>"
+
+
+def _ran_early(transport: Any, message: TaskMessage, enqueued: EnqueuedTask) -> None:
+    if (
+        not transport.supports_schedule
+        and message.schedule_time is not None
+        and message.schedule_time > datetime.now(UTC)
+    ):
+        logger.info(
+            "Task %s was scheduled for %s, but the %s transport runs tasks when they are sent; "
+            "it ran at %s.",
+            message.task_name,
+            message.schedule_time.isoformat(),
+            type(transport).__name__,
+            enqueued.schedule_time.isoformat() if enqueued.schedule_time else "once",
+        )
+
+
+def send(handle: TaskHandle) -> TaskHandle:
+    """Enqueue handle.message on the configured transport now (thread-safe); raises on failure."""
+    transport = get_transport()
+    try:
+        enqueued = transport.enqueue(handle.message)
+    except BaseException as exc:
+        handle._failed(exc)
+        raise
+    _ran_early(transport, handle.message, enqueued)
+    handle._sent(enqueued)
+    signals.task_enqueued.send(sender=handle.sender, call=handle.call, handle=handle)
+    return handle
+
+
+async def asend(handle: TaskHandle) -> TaskHandle:
+    """send() for the event loop: the transport's async path, never blocking the loop."""
+    transport = get_transport()
+    try:
+        enqueued = await transport.aenqueue(handle.message)
+    except BaseException as exc:
+        handle._failed(exc)
+        raise
+    _ran_early(transport, handle.message, enqueued)
+    handle._sent(enqueued)
+    signals.task_enqueued.send(sender=handle.sender, call=handle.call, handle=handle)
+    return handle
+
+
+def dispatch(
+    message: TaskMessage,
+    *,
+    call: Any = None,
+    sender: Any = None,
+    on_commit: bool = False,
+    using: str | None = None,
+) -> TaskHandle:
+    """The one dispatch path: send message now, or when the transaction open on ``using``
+    commits (``on_commit``; now if none is open). Returns its handle."""
+    handle = TaskHandle(message, call=call, sender=sender)
+    if on_commit:
+        return defer(handle, using=using)
+    return send(handle)
+
+
+async def adispatch(
+    message: TaskMessage,
+    *,
+    call: Any = None,
+    sender: Any = None,
+    on_commit: bool = False,
+    using: str | None = None,
+) -> TaskHandle:
+    """dispatch() for the event loop. An on-commit call made while a transaction is open (in
+    a sync_to_async block's thread) is deferred like dispatch() does; otherwise it is sent on
+    the transport's async path."""
+    handle = TaskHandle(message, call=call, sender=sender)
+    if on_commit and _in_transaction(using or DEFAULT_DB_ALIAS):
+        _register(handle, using or DEFAULT_DB_ALIAS)
+        return handle
+    return await asend(handle)
+
+
+def send_batch(
+    messages: Sequence[tuple[TaskMessage, Any, Any]], *, return_failures: bool = False
+) -> list[TaskHandle]:
+    """Send (message, call, sender) triples concurrently on the dispatch pool; handles in order.
+
+    Every message is attempted. Unless return_failures, the first failure is raised once all
+    have settled (each handle says sent or failed either way).
+    """
+    handles = [TaskHandle(message, call=call, sender=sender) for message, call, sender in messages]
+    errors = _dispatcher.send_all(handles)
+    if errors and not return_failures:
+        raise errors[0][1]
+    return handles
 
 
 # -- the dispatcher seam ---------------------------------------------------------------------
@@ -111,6 +282,12 @@ class ConcurrentDispatcher(Dispatcher):
             return self._pool
 
     def dispatch(self, handles: Sequence[TaskHandle]) -> None:
+        # Reported from the committing thread: receivers may use its database connection.
+        for handle, error in self.send_all(handles):
+            report_failure(handle, error)
+
+    def send_all(self, handles: Sequence[TaskHandle]) -> list[tuple[TaskHandle, Exception]]:
+        """Send handles concurrently and wait; the ones that failed, with their errors."""
         errors: list[tuple[TaskHandle, Exception]] = []
         if len(handles) == 1 or getattr(_worker_state, "active", False):
             # One call needs no pool. And a flush started from a pool thread (a task_enqueued
@@ -127,9 +304,7 @@ class ConcurrentDispatcher(Dispatcher):
                 error = future.result()
                 if error is not None:
                     errors.append((handle, error))
-        # Reported from the committing thread: receivers may use its database connection.
-        for handle, error in errors:
-            report_failure(handle, error)
+        return errors
 
     def close(self) -> None:
         with self._lock:
@@ -143,8 +318,6 @@ _worker_state = threading.local()
 
 
 def _send_one(handle: TaskHandle) -> Exception | None:
-    from .tasks import send
-
     try:
         send(handle)
     except Exception as exc:
@@ -163,14 +336,14 @@ def _pooled_send(handle: TaskHandle) -> Exception | None:
         connections.close_all()
 
 
-_dispatcher: Dispatcher = ConcurrentDispatcher()
+_dispatcher: ConcurrentDispatcher = ConcurrentDispatcher()
 
 
-def get_dispatcher() -> Dispatcher:
+def get_dispatcher() -> ConcurrentDispatcher:
     return _dispatcher
 
 
-def set_dispatcher(dispatcher: Dispatcher) -> Dispatcher:
+def set_dispatcher(dispatcher: ConcurrentDispatcher) -> ConcurrentDispatcher:
     """Install a dispatcher (a durable outbox, say); returns the previous one."""
     global _dispatcher
     previous, _dispatcher = _dispatcher, dispatcher
@@ -179,28 +352,28 @@ def set_dispatcher(dispatcher: Dispatcher) -> Dispatcher:
 
 def report_failure(handle: TaskHandle, error: BaseException) -> None:
     """Log a send that failed after commit and send task_enqueue_failed: never silent."""
-    call = handle.call
+    message = handle.message
     logger.error(
-        "Sending task %s after commit failed: %s: %s. Arguments: args=%r kwargs=%r; message "
-        "body=%r.",
-        call.task.name,
+        "Sending task %s (task id %s, schedule time %s) after commit failed: %s: %s. "
+        "Message body=%r.",
+        message.task_name,
+        message.task_id or "chosen by Cloud Tasks",
+        message.schedule_time.isoformat() if message.schedule_time else "now",
         type(error).__name__,
         error,
-        call.args,
-        call.kwargs,
-        handle.message.body,
+        message.body,
         exc_info=error,
     )
     # send_robust: one broken receiver must neither stop the others nor the transaction's
     # other on-commit callbacks.
     responses = signals.task_enqueue_failed.send_robust(
-        sender=call.task, call=call, message=handle.message, exception=error
+        sender=handle.sender, call=handle.call, message=message, exception=error
     )
     for receiver, response in responses:
         if isinstance(response, Exception):
             logger.error(
                 "A task_enqueue_failed receiver raised for task %s: %r (receiver %r).",
-                call.task.name,
+                message.task_name,
                 response,
                 receiver,
                 exc_info=response,
@@ -247,7 +420,11 @@ class _Batch:
         self, handle: TaskHandle | None, *, key: Hashable | None = None, state: Any = None
     ) -> _Deferred:
         callback = _make_callback(self)
-        entry = _Entry(handle, weakref.ref(callback), key, state)
+        # When Django drops the callable (a rollback, or the transaction's end), a handle still
+        # pending will never be sent: settle it as dropped, so wait() returns.
+        on_drop = handle._dropped if handle is not None else None
+        ref = weakref.ref(callback, (lambda _ref: on_drop()) if on_drop else None)
+        entry = _Entry(handle, ref, key, state)
         self.entries.append(entry)
         if key is not None:
             self.keyed.setdefault(key, []).append(entry)
@@ -341,8 +518,6 @@ def defer(handle: TaskHandle, using: str | None = None) -> TaskHandle:
     """
     alias = using or DEFAULT_DB_ALIAS
     if not _in_transaction(alias):
-        from .tasks import send
-
         return send(handle)
     _register(handle, alias)
     return handle
@@ -385,77 +560,3 @@ def call_in_transaction(using: str) -> bool:
     return _in_transaction(using)
 
 
-# -- the decorator ---------------------------------------------------------------------------
-
-
-@overload
-def on_commit_task(func: Callable[Concatenate[CloudTaskRequest, P], R], /) -> Task[P, R]: ...
-
-
-@overload
-def on_commit_task(
-    func: None = None,
-    /,
-    *,
-    on: Signal | None = None,
-    sender: Any = None,
-    fields: Iterable[str] | None = None,
-    when: Callable[..., bool] | None = None,
-    created: bool | None = None,
-    updated: bool | None = None,
-    deleted: bool | None = None,
-    coalesce: bool = True,
-    raw: bool = False,
-    **options: Unpack[TaskOptions],
-) -> Callable[[Callable[Concatenate[CloudTaskRequest, P], R]], Task[P, R]]: ...
-
-
-def on_commit_task(
-    func: Callable[Concatenate[CloudTaskRequest, P], R] | None = None,
-    /,
-    *,
-    on: Signal | None = None,
-    sender: Any = None,
-    fields: Iterable[str] | None = None,
-    when: Callable[..., bool] | None = None,
-    created: bool | None = None,
-    updated: bool | None = None,
-    deleted: bool | None = None,
-    coalesce: bool = True,
-    raw: bool = False,
-    **options: Unpack[TaskOptions],
-) -> Task[P, R] | Callable[[Callable[Concatenate[CloudTaskRequest, P], R]], Task[P, R]]:
-    """``@task`` whose .delay(), .push() and .schedule() wait for the transaction to commit.
-
-    With on= or sender= (and the binding options fields=, when=, created=, updated=,
-    deleted=, coalesce=, raw=) the task is also bound to that signal: see cloudtask.bind().
-    """
-    binds = on is not None or sender is not None or deleted is not None
-
-    def decorate(f: Callable[Concatenate[CloudTaskRequest, P], R]) -> Task[P, R]:
-        t: Task[P, R] = task(on_commit=True, **options)(f)
-        if binds:
-            from .bindings import bind
-
-            bind(
-                on,
-                task=t,
-                sender=sender,
-                fields=fields,
-                when=when,
-                created=created,
-                updated=updated,
-                deleted=deleted,
-                coalesce=coalesce,
-                raw=raw,
-            )
-        elif any(v is not None for v in (fields, when, created, updated)) or raw or not coalesce:
-            raise TaskRegistrationError(
-                f"@on_commit_task on {f.__module__}.{f.__qualname__}: binding options "
-                "(fields=, when=, created=, updated=, coalesce=, raw=) need on= or sender=."
-            )
-        return t
-
-    if func is not None:
-        return decorate(func)
-    return decorate

@@ -1,0 +1,219 @@
+"""The one executor: every way of running a task (the HTTP endpoint, the in-process transports,
+cloudtask.testing and ``.execute()``) runs it here, with one outcome model.
+
+=========== ========================================= ===================================
+outcome     when                                      what the endpoint answers
+=========== ========================================= ===================================
+succeeded   the function returned                     200
+discarded   it raised Discard, or a model argument    200 (retrying cannot help)
+            no longer exists
+retry       it raised Retry(after=...)                503 + Retry-After
+failed      it raised, attempts remain                500 (Cloud Tasks retries)
+exhausted   it raised on its last allowed attempt     200 (max_attempts: stop retrying)
+rejected    the arguments do not decode or do not     400 (Cloud Tasks retries it, like
+            fit the function                          any status outside 2xx)
+=========== ========================================= ===================================
+
+The signals task_started, task_succeeded and task_failed are sent from here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from asgiref.sync import async_to_sync
+
+from . import signals
+from .exceptions import Discard, InvalidTaskRequest, ObjectDeleted, Retry
+from .request import CloudTaskRequest
+from .serialization import decode_arguments
+
+__all__ = [
+    "ArgumentCheck",
+    "Execution",
+    "Outcome",
+    "Runnable",
+    "execute",
+    "execute_encoded",
+    "run_coroutine",
+]
+
+logger = logging.getLogger("cloudtask")
+
+
+class Outcome(enum.Enum):
+    SUCCEEDED = "succeeded"
+    DISCARDED = "discarded"
+    RETRY = "retry"
+    FAILED = "failed"
+    EXHAUSTED = "exhausted"
+    REJECTED = "rejected"
+
+
+#: Outcomes after which Cloud Tasks will not try again (a rejected request is a 4xx, which Cloud
+#: Tasks retries like any other status outside 2xx).
+FINAL = frozenset({Outcome.SUCCEEDED, Outcome.DISCARDED, Outcome.EXHAUSTED})
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """What one attempt of a task came to."""
+
+    outcome: Outcome
+    #: The function's return value (succeeded only).
+    value: Any = None
+    #: The exception behind every outcome but succeeded.
+    error: BaseException | None = None
+    #: Seconds the task asked to wait before the next attempt (retry only).
+    retry_after: float | None = None
+
+    @property
+    def final(self) -> bool:
+        """True when no further attempt will follow."""
+        return self.outcome in FINAL
+
+
+class Runnable(Protocol):
+    """What the executor needs of a registered task (seed-API Task or django.tasks adapter)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def max_attempts(self) -> int | None: ...
+
+    def arguments_error(self, args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
+        """Why these arguments do not fit the function, or None."""
+
+    def invoke(self, request: CloudTaskRequest, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call the function (an async one through run_coroutine) and return its result."""
+
+
+class ArgumentCheck:
+    """Whether arguments fit a signature, without binding them (a bind costs every delivery
+    several microseconds; the common all-positional-or-keyword signature needs a few set ops).
+
+    Checked before the call, so a mismatch is told apart from a TypeError the task raises,
+    however many decorators wrap the function.
+    """
+
+    def __init__(self, signature: inspect.Signature) -> None:
+        self.signature = signature
+        params = list(signature.parameters.values())
+        self.simple = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
+        self.names = tuple(p.name for p in params)
+        self.name_set = frozenset(self.names)
+        self.required = tuple(
+            (i, p.name) for i, p in enumerate(params) if p.default is inspect.Parameter.empty
+        )
+
+    def error(self, args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
+        if not self.simple:
+            try:
+                self.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                return str(exc)
+            return None
+        # The same messages as inspect.Signature.bind().
+        count = len(args)
+        if count > len(self.names):
+            return "too many positional arguments"
+        for key in kwargs:
+            if key not in self.name_set:
+                return f"got an unexpected keyword argument {key!r}"
+            if self.names.index(key) < count:
+                return f"multiple values for argument {key!r}"
+        for index, name in self.required:
+            if index >= count and name not in kwargs:
+                return f"missing a required argument: {name!r}"
+        return None
+
+
+def run_coroutine(func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, **kwargs: Any) -> Any:
+    """Run an ``async def`` task from the synchronous endpoint.
+
+    Under ASGI the endpoint runs in a sync_to_async worker thread, and async_to_sync hands the
+    coroutine back to the server's event loop, so it runs there natively; under WSGI it runs in
+    an event loop of its own.
+    """
+    return async_to_sync(func)(*args, **kwargs)
+
+
+def _exhausted(task: Runnable, request: CloudTaskRequest) -> bool:
+    limit = task.max_attempts
+    return limit is not None and request.retry_count + 1 >= limit
+
+
+def execute_encoded(
+    task: Runnable, request: CloudTaskRequest, raw_args: list[Any], raw_kwargs: dict[str, Any]
+) -> Execution:
+    """Decode the arguments of a delivery, then execute()."""
+    try:
+        args, kwargs = decode_arguments(raw_args, raw_kwargs)
+    except InvalidTaskRequest as exc:
+        logger.warning("Malformed arguments for task %s: %s", task.name, exc)
+        return Execution(Outcome.REJECTED, error=exc)
+    except ObjectDeleted as exc:
+        # Retrying cannot bring a deleted row back.
+        logger.warning("Task %s not run: %s", task.name, exc)
+        signals.task_failed.send(sender=task, request=request, exception=exc, final=True)
+        return Execution(Outcome.DISCARDED, error=exc)
+    return execute(task, request, args, kwargs)
+
+
+def execute(
+    task: Runnable, request: CloudTaskRequest, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Execution:
+    """Run one attempt of task with decoded arguments and say what it came to."""
+    mismatch = task.arguments_error(args, kwargs)
+    if mismatch is not None:
+        error = InvalidTaskRequest(f"Arguments do not fit task {task.name}: {mismatch}")
+        logger.warning("%s", error)
+        signals.task_failed.send(sender=task, request=request, exception=error, final=False)
+        return Execution(Outcome.REJECTED, error=error)
+    signals.task_started.send(sender=task, request=request, args=args, kwargs=kwargs)
+    try:
+        value = task.invoke(request, args, kwargs)
+    except (Discard, ObjectDeleted) as exc:
+        logger.info("Task %s (%s) stopped for good: %r", task.name, request.task_id, exc)
+        signals.task_failed.send(sender=task, request=request, exception=exc, final=True)
+        return Execution(Outcome.DISCARDED, error=exc)
+    except Exception as exc:
+        return _failed(task, request, exc)
+    signals.task_succeeded.send(sender=task, request=request, result=value)
+    return Execution(Outcome.SUCCEEDED, value=value)
+
+
+def _failed(task: Runnable, request: CloudTaskRequest, exc: Exception) -> Execution:
+    final = _exhausted(task, request)
+    attempt = request.retry_count + 1
+    if final:
+        logger.error(
+            "Task %s (%s) failed for good on attempt %d of %d; not retried.",
+            task.name,
+            request.task_id,
+            attempt,
+            task.max_attempts,
+            exc_info=exc,
+        )
+    elif isinstance(exc, Retry):
+        logger.info("Task %s (%s) asked to retry: %s", task.name, request.task_id, exc)
+    else:
+        logger.error(
+            "Task %s (%s) failed on attempt %d; Cloud Tasks will retry.",
+            task.name,
+            request.task_id,
+            attempt,
+            exc_info=exc,
+        )
+    signals.task_failed.send(sender=task, request=request, exception=exc, final=final)
+    if final:
+        return Execution(Outcome.EXHAUSTED, error=exc)
+    if isinstance(exc, Retry):
+        return Execution(Outcome.RETRY, error=exc, retry_after=exc.after)
+    return Execution(Outcome.FAILED, error=exc)
