@@ -355,12 +355,14 @@ def report_failure(handle: TaskHandle, error: BaseException) -> None:
     message = handle.message
     logger.error(
         "Sending task %s (task id %s, schedule time %s) after commit failed: %s: %s. "
-        "Message body=%r.",
+        "Arguments: args=%r kwargs=%r; message body=%r.",
         message.task_name,
         message.task_id or "chosen by Cloud Tasks",
         message.schedule_time.isoformat() if message.schedule_time else "now",
         type(error).__name__,
         error,
+        getattr(handle.call, "args", None),
+        getattr(handle.call, "kwargs", None),
         message.body,
         exc_info=error,
     )

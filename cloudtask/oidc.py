@@ -13,9 +13,8 @@ import google.auth.transport.requests
 from google.auth import exceptions as auth_exceptions
 from google.oauth2 import id_token
 
-from . import registry
+from . import registry, transports
 from .conf import CloudTaskSettings
-from .transports import get_transport
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
@@ -104,7 +103,7 @@ def certs_url(settings: CloudTaskSettings) -> str:
     if settings.oidc_certs_url:
         return settings.oidc_certs_url
     # A transport that signs its own tokens (the embedded emulator) says where its keys are.
-    return get_transport().oidc_certs_url() or GOOGLE_CERTS_URL
+    return transports.get_transport().oidc_certs_url() or GOOGLE_CERTS_URL
 
 
 def verify_bearer(

@@ -57,13 +57,22 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CLOUDTASK = {
-    "BACKEND": "immediate",
+    "TRANSPORT": "immediate",
     "PROJECT": "test-project",
     "LOCATION": "europe-west6",
     "SAE": "tasks@test-project.iam.gserviceaccount.com",
     "URL": "http://testserver/_tasks/",
     "QUEUE": "default",
     "SECRET": "test-secret",
+}
+
+# Django's tasks framework (django.tasks, or the django-tasks backport on Django 5.2) on
+# cloudtask: the module-level tasks of tests/djangotasks are validated against it when imported.
+TASKS = {
+    "default": {
+        "BACKEND": "cloudtask.backends.CloudTasksBackend",
+        "QUEUES": ["default", "emails"],
+    }
 }
 
 LOGGING = {

@@ -64,7 +64,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 CLOUDTASK = {
     # The embedded emulator: a real Cloud Tasks gRPC server inside this process, which delivers
     # tasks over HTTP to URL below. Deploying means switching to "cloudtasks" (see README).
-    "BACKEND": os.environ.get("SAMPLE_CLOUDTASK_BACKEND", "emulator"),
+    "TRANSPORT": os.environ.get("SAMPLE_CLOUDTASK_TRANSPORT", "emulator"),
     "PROJECT": "sample-project",
     "LOCATION": "local",
     "QUEUE": "orders",

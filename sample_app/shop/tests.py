@@ -46,7 +46,7 @@ class PlaceOrderTests(TestCase):
         with capture_tasks() as outbox, send_on_commit_tasks():
             handles = services.place_order_and_roll_back("Grace", Decimal("1.00"))
         self.assertEqual(outbox, [])
-        self.assertEqual([h.state for h in handles], ["pending", "pending"])
+        self.assertEqual([h.state for h in handles], ["dropped", "dropped"])
         self.assertFalse(Order.objects.exists())
 
 

@@ -64,7 +64,7 @@ def via_emulator(settings: Any, emulator: Emulator, endpoint_url: str) -> Emulat
     """The cloudtasks backend over gRPC to the in-process emulator, delivering to a live server."""
     settings.CLOUDTASK = {
         **BASE,
-        "BACKEND": "cloudtasks",
+        "TRANSPORT": "cloudtasks",
         "EMULATOR_HOST": emulator.address,
         "PROJECT": emulator.project,
         "LOCATION": emulator.location,

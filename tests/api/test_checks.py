@@ -38,22 +38,22 @@ def test_the_test_settings_pass() -> None:
     ("key", "check_id"),
     [("PROJECT", "cloudtask.E001"), ("LOCATION", "cloudtask.E002"), ("SAE", "cloudtask.E003")],
 )
-def test_cloudtasks_backend_needs_project_location_sae(
+def test_cloudtasks_transport_needs_project_location_sae(
     settings: Any, key: str, check_id: str
 ) -> None:
-    settings.CLOUDTASK = {**BASE, "BACKEND": "cloudtasks", key: None}
+    settings.CLOUDTASK = {**BASE, "TRANSPORT": "cloudtasks", key: None}
     assert cloudtask_checks() == [
-        Error(f'CLOUDTASK["{key}"] is required by the "cloudtasks" backend.', id=check_id)
+        Error(f'CLOUDTASK["{key}"] is required by the "cloudtasks" transport.', id=check_id)
     ]
 
 
 def test_other_backends_do_not_need_them(settings: Any) -> None:
-    settings.CLOUDTASK = {**BASE, "BACKEND": "emulator", "PROJECT": None, "SAE": None}
+    settings.CLOUDTASK = {**BASE, "TRANSPORT": "emulator", "PROJECT": None, "SAE": None}
     assert cloudtask_checks() == []
 
 
 def test_no_url_anywhere(settings: Any) -> None:
-    settings.CLOUDTASK = {**BASE, "BACKEND": "emulator", "URL": None}
+    settings.CLOUDTASK = {**BASE, "TRANSPORT": "emulator", "URL": None}
     without = sorted(t.name for t in registry.all_tasks() if not t.url)
     assert cloudtask_checks() == [
         Error(
@@ -128,22 +128,22 @@ def test_unauthenticated_endpoint_warns(settings: Any) -> None:
 def test_deploy_check_warns_about_the_embedded_emulator(settings: Any, configured: bool) -> None:
     # Only `check --deploy` asks: the emulator is the right default on a laptop.
     settings.CLOUDTASK = (
-        {**BASE, "BACKEND": "emulator"}
+        {**BASE, "TRANSPORT": "emulator"}
         if configured
-        else {k: v for k, v in BASE.items() if k != "BACKEND"}
+        else {k: v for k, v in BASE.items() if k != "TRANSPORT"}
     )
     assert cloudtask_checks() == []
     assert deploy_checks() == [
         Warning(
-            f'CLOUDTASK["BACKEND"] is "emulator"{"" if configured else " (the default)"}: tasks '
+            f'CLOUDTASK["TRANSPORT"] is "emulator"{"" if configured else " (the default)"}: tasks '
             "go to a Cloud Tasks emulator inside this process, not to Google Cloud Tasks, and "
             "are lost when it stops.",
-            hint='Set CLOUDTASK["BACKEND"] = "cloudtasks" (with PROJECT, LOCATION and SAE) in '
+            hint='Set CLOUDTASK["TRANSPORT"] = "cloudtasks" (with PROJECT, LOCATION and SAE) in '
             "production settings.",
             id="cloudtask.W002",
         )
     ]
-    settings.CLOUDTASK = {**BASE, "BACKEND": "cloudtasks"}
+    settings.CLOUDTASK = {**BASE, "TRANSPORT": "cloudtasks"}
     assert deploy_checks() == []
 
 
@@ -152,23 +152,23 @@ def test_oidc_alone_is_authentication(settings: Any) -> None:
     assert cloudtask_checks() == []
 
 
-def test_unknown_backend(settings: Any) -> None:
-    settings.CLOUDTASK = {**BASE, "BACKEND": "nosuch.module.Backend"}
+def test_unknown_transport(settings: Any) -> None:
+    settings.CLOUDTASK = {**BASE, "TRANSPORT": "nosuch.module.Backend"}
     (message,) = cloudtask_checks()
     assert message.id == "cloudtask.E008"
     assert message.msg.startswith(
-        'CLOUDTASK["BACKEND"] = \'nosuch.module.Backend\' is not "emulator", "cloudtasks", '
-        '"immediate" or an importable dotted path'
+        'CLOUDTASK["TRANSPORT"] = \'nosuch.module.Backend\' is not "emulator", "cloudtasks", '
+        '"immediate", "capture" or an importable dotted path'
     )
 
 
-def test_backend_that_is_not_a_backend(settings: Any) -> None:
-    settings.CLOUDTASK = {**BASE, "BACKEND": "collections.OrderedDict"}
+def test_transport_that_is_not_a_transport(settings: Any) -> None:
+    settings.CLOUDTASK = {**BASE, "TRANSPORT": "collections.OrderedDict"}
     assert cloudtask_checks() == [
         Error(
-            "CLOUDTASK[\"BACKEND\"] = 'collections.OrderedDict' is not a subclass of "
-            "cloudtask.backends.base.BaseBackend.",
-            hint='Use "emulator", "cloudtasks", "immediate" or a dotted path.',
+            "CLOUDTASK[\"TRANSPORT\"] = 'collections.OrderedDict' is not a subclass of "
+            "cloudtask.transports.BaseTransport.",
+            hint='Use "emulator", "cloudtasks", "immediate", "capture" or a dotted path.',
             id="cloudtask.E008",
         )
     ]
@@ -192,3 +192,28 @@ def test_invalid_setting_is_reported_not_raised(settings: Any) -> None:
     (message,) = cloudtask_checks()
     assert message.id == "cloudtask.E000"
     assert message.msg.startswith("Unknown CLOUDTASK key(s) 'SECRETS'; known keys: PROJECT,")
+
+
+def test_the_old_backend_key_is_an_error_naming_the_new_one(settings: Any) -> None:
+    settings.CLOUDTASK = {**BASE, "BACKEND": "cloudtasks"}
+    del settings.CLOUDTASK["TRANSPORT"]
+    assert cloudtask_checks() == [
+        Error(
+            'CLOUDTASK["BACKEND"] was renamed CLOUDTASK["TRANSPORT"]: BACKEND now means a '
+            "django.tasks backend (TASKS[...]['BACKEND']).",
+            hint='Write "TRANSPORT": \'cloudtasks\' in CLOUDTASK instead of "BACKEND".',
+            id="cloudtask.E011",
+        )
+    ]
+
+
+def test_an_emulator_host_needs_no_project_location_or_sae(settings: Any) -> None:
+    settings.CLOUDTASK = {
+        **BASE,
+        "TRANSPORT": "cloudtasks",
+        "EMULATOR_HOST": "127.0.0.1:8123",
+        "PROJECT": None,
+        "LOCATION": None,
+        "SAE": None,
+    }
+    assert cloudtask_checks() == []

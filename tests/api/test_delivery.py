@@ -11,8 +11,8 @@ from uuid import UUID
 
 import pytest
 
-from cloudtask.backends import get_backend
-from cloudtask.backends.emulator import EmulatorBackend
+from cloudtask.transports import get_transport
+from cloudtask.transports.emulator import EmulatorTransport
 from tests.models import Order
 from tests.tasks import add, echo, touch_order, with_headers
 
@@ -112,24 +112,24 @@ def test_oidc_token_for_another_service_account_is_refused(
         "OIDC_VERIFY": True,
         "OIDC_CERTS_URL": via_emulator.certs_url,
     }
-    backend = get_backend()
+    backend = get_transport()
     # A token for some other service account (any Google account can get one) is not enough.
     message = replace(
         add(a=1, b=2).encode(), oidc_service_account="intruder@example.iam.gserviceaccount.com"
     )
     created = backend.enqueue(message)
     try:
-        records = poll(lambda: [d for d in via_emulator.dispatches if d.task == created.id])
+        records = poll(lambda: [d for d in via_emulator.dispatches if d.task == created.task_id])
         assert records[0].status == 403
         assert runs.of("add") == []
     finally:
-        backend.client.delete_task(name=created.name)  # type: ignore[attr-defined]
+        backend.client.delete_task(name=created.resource_name)  # type: ignore[attr-defined]
 
 
 def test_emulator_backend_is_zero_config(settings: Any, endpoint_url: str, runs: Any) -> None:
     settings.CLOUDTASK = {"URL": endpoint_url, "SECRET": "s3cret", "EMULATOR": {"LOG": False}}
-    backend = get_backend()
-    assert isinstance(backend, EmulatorBackend)
+    backend = get_transport()
+    assert isinstance(backend, EmulatorTransport)
 
     handle = add(a=2, b=3).delay()
 
@@ -142,7 +142,7 @@ def test_emulator_backend_is_zero_config(settings: Any, endpoint_url: str, runs:
     client = backend.client
     add(a=4, b=5).delay()
     runs.wait("add", 2)
-    assert get_backend() is backend and backend.client is client
+    assert get_transport() is backend and backend.client is client
 
 
 def test_emulator_backend_verifies_its_own_oidc_tokens(
@@ -173,22 +173,22 @@ def test_secret_and_oidc_together_both_must_pass(
     assert run["headers"]["X-Cloudtask-Signature"].startswith("sha256=")
 
     # A valid OIDC token does not make up for a wrong signature.
-    backend = get_backend()
+    backend = get_transport()
     message = add(a=6, b=6).encode()
     forged = replace(
         message, headers={**message.headers, "X-CloudTask-Signature": "sha256=" + "0" * 64}
     )
     created = backend.enqueue(forged)
     try:
-        records = poll(lambda: [d for d in via_emulator.dispatches if d.task == created.id])
+        records = poll(lambda: [d for d in via_emulator.dispatches if d.task == created.task_id])
         assert records[0].status == 403
         assert len(runs.of("add")) == 1
     finally:
-        backend.client.delete_task(name=created.name)  # type: ignore[attr-defined]
+        backend.client.delete_task(name=created.resource_name)  # type: ignore[attr-defined]
 
 
 def test_threads_share_one_client(via_emulator: Any, runs: Any) -> None:
-    backend = get_backend()
+    backend = get_transport()
     client = backend.client  # type: ignore[attr-defined]
     errors: list[BaseException] = []
 
@@ -207,5 +207,5 @@ def test_threads_share_one_client(via_emulator: Any, runs: Any) -> None:
     assert errors == []
     done = runs.wait("add", 40)
     assert sorted((r["a"], r["b"]) for r in done) == [(w, i) for w in range(8) for i in range(5)]
-    assert get_backend() is backend
+    assert get_transport() is backend
     assert backend.client is client  # type: ignore[attr-defined]

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from cloudtask import InvalidTaskCall, Retry, TaskAlreadyExists
-from cloudtask.backends import get_backend
-from cloudtask.backends.immediate import ImmediateBackend
+from cloudtask.transports import get_transport
+from cloudtask.transports.immediate import ImmediateTransport
 from tests.models import Order
 from tests.tasks import add, always_fails, clean_expired, discard_me, echo, retry_me, touch_order
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 
 
 def test_it_is_the_test_settings_backend() -> None:
-    assert isinstance(get_backend(), ImmediateBackend)
+    assert isinstance(get_transport(), ImmediateTransport)
 
 
 def test_runs_at_once_with_decoded_arguments(runs: Any) -> None:
@@ -93,7 +93,7 @@ def test_immediate_and_emulator_deliver_identical_arguments(
     echo(*ARGS, k={"n": (1,)}).delay()
     (through_emulator,) = runs.wait("echo")
     runs.clear()
-    settings.CLOUDTASK = {**settings.CLOUDTASK, "BACKEND": "immediate"}
+    settings.CLOUDTASK = {**settings.CLOUDTASK, "TRANSPORT": "immediate"}
     echo(*ARGS, k={"n": (1,)}).delay()
     (immediate,) = runs.of("echo")
     assert immediate["args"] == through_emulator["args"] == ARGS

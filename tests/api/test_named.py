@@ -18,7 +18,7 @@ from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksRest
 
 import cloudtask
 from cloudtask import ARGS_HASH, InvalidTaskCall, TaskAlreadyExists, TaskRegistrationError, task
-from cloudtask.backends.cloudtasks import CloudTasksBackend
+from cloudtask.transports.cloudtasks import CloudTasksTransport
 from cloudtask.conf import get_settings
 from cloudtask.exceptions import EnqueueError, QueueNotFound
 from cloudtask.tasks import derived_task_id
@@ -153,7 +153,7 @@ def test_rest_transport_conflict_maps_to_task_already_exists(rest_conflict_serve
         credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
     )
     client = tasks_v2.CloudTasksClient(transport=transport)
-    backend = CloudTasksBackend({"settings": get_settings()}, client=client)
+    backend = CloudTasksTransport(get_settings(), client=client)
     with pytest.raises(TaskAlreadyExists) as caught:
         backend.enqueue(clean_expired().encode())
     assert isinstance(caught.value.__cause__, api_exceptions.Conflict)
@@ -166,7 +166,7 @@ def test_missing_queue_is_queue_not_found(settings: Any, emulator: Any) -> None:
     with Emulator(log=None) as strict:  # no auto-created queues
         settings.CLOUDTASK = {
             **settings.CLOUDTASK,
-            "BACKEND": "cloudtasks",
+            "TRANSPORT": "cloudtasks",
             "EMULATOR_HOST": strict.address,
         }
         with pytest.raises(QueueNotFound) as caught:
@@ -176,7 +176,7 @@ def test_missing_queue_is_queue_not_found(settings: Any, emulator: Any) -> None:
 
 
 def test_other_api_errors_are_enqueue_errors(via_emulator: Any) -> None:
-    backend = cloudtask.backends.get_backend()
+    backend = cloudtask.transports.get_transport()
     fault = api_exceptions.ServiceUnavailable("try later")  # type: ignore[no-untyped-call]
     with (
         mock.patch.object(backend.client, "create_task", side_effect=fault),  # type: ignore[attr-defined]

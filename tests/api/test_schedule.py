@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.utils.timezone import now
 
 from cloudtask import InvalidSchedule
-from cloudtask.backends.base import BaseBackend, EnqueuedTask, TaskMessage
+from cloudtask.transports.base import BaseTransport, EnqueuedTask, TaskMessage
 from cloudtask.tasks import resolve_schedule
 from tests.tasks import add
 
@@ -20,20 +20,20 @@ pytestmark = pytest.mark.django_db(transaction=True)
 SENT: list[TaskMessage] = []
 
 
-class RecordingBackend(BaseBackend):
+class RecordingTransport(BaseTransport):
     """A dotted-path backend that records what it is asked to send."""
 
     def enqueue(self, message: TaskMessage) -> EnqueuedTask:
         SENT.append(message)
         return EnqueuedTask(
-            name=f"projects/p/locations/l/queues/{message.queue}/tasks/t{len(SENT)}",
+            resource_name=f"projects/p/locations/l/queues/{message.queue}/tasks/t{len(SENT)}",
             schedule_time=message.schedule_time,
         )
 
 
 @pytest.fixture
 def recording(settings: Any) -> list[TaskMessage]:
-    settings.CLOUDTASK = {**settings.CLOUDTASK, "BACKEND": f"{__name__}.RecordingBackend"}
+    settings.CLOUDTASK = {**settings.CLOUDTASK, "TRANSPORT": f"{__name__}.RecordingTransport"}
     SENT.clear()
     return SENT
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from cloudtask import ConfigurationError
-from cloudtask.backends import get_backend
-from cloudtask.backends.immediate import ImmediateBackend
+from cloudtask.transports import get_transport
+from cloudtask.transports.immediate import ImmediateTransport
 from cloudtask.conf import build_settings, get_settings
 
 from .conftest import BASE
@@ -17,7 +17,7 @@ from .conftest import BASE
 
 def test_defaults() -> None:
     s = build_settings({})
-    assert (s.backend, s.queue, s.max_payload_size, s.client_timeout) == (
+    assert (s.transport, s.queue, s.max_payload_size, s.client_timeout) == (
         "emulator",
         "default",
         102_400,
@@ -39,7 +39,7 @@ def test_defaults() -> None:
 def test_secret_list_rotation() -> None:
     s = build_settings({"SECRET": ["new", "old"]})
     assert s.secrets == ("new", "old")
-    assert len(s.hmac_keys) == 2
+    assert s.secret_keys == (b"new", b"old")
 
 
 def test_dispatch_deadline_forms() -> None:
@@ -65,7 +65,7 @@ def test_dispatch_deadline_forms() -> None:
         ({"ON_COMMIT_WORKERS": 0}, 'CLOUDTASK["ON_COMMIT_WORKERS"] must be a positive integer'),
         ({"CLIENT_TIMEOUT": -1}, 'CLOUDTASK["CLIENT_TIMEOUT"] must be a positive number'),
         ({"QUEUE": None}, 'CLOUDTASK["QUEUE"] must be a queue id string'),
-        ({"BACKEND": ""}, 'CLOUDTASK["BACKEND"] must be'),
+        ({"TRANSPORT": ""}, 'CLOUDTASK["TRANSPORT"] must be'),
     ],
 )
 def test_errors_name_the_key(user: dict[str, Any], message: str) -> None:
@@ -75,15 +75,24 @@ def test_errors_name_the_key(user: dict[str, Any], message: str) -> None:
 
 
 def test_settings_and_backend_are_rebuilt_on_change(settings: Any) -> None:
-    first_settings, first_backend = get_settings(), get_backend()
-    assert get_settings() is first_settings and get_backend() is first_backend
+    first_settings, first_backend = get_settings(), get_transport()
+    assert get_settings() is first_settings and get_transport() is first_backend
     settings.CLOUDTASK = {**BASE, "QUEUE": "elsewhere"}
     assert get_settings().queue == "elsewhere"
-    assert get_backend() is not first_backend
-    assert isinstance(get_backend(), ImmediateBackend)
+    assert get_transport() is not first_backend
+    assert isinstance(get_transport(), ImmediateTransport)
 
 
 def test_unknown_backend_fails_clearly(settings: Any) -> None:
-    settings.CLOUDTASK = {**BASE, "BACKEND": "nope"}
+    settings.CLOUDTASK = {**BASE, "TRANSPORT": "nope"}
     with pytest.raises(ConfigurationError, match="'nope' is not"):
-        get_backend()
+        get_transport()
+
+
+def test_the_old_backend_key_says_to_rename_it() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        build_settings({"BACKEND": "cloudtasks"})
+    assert str(caught.value) == (
+        'CLOUDTASK["BACKEND"] was renamed CLOUDTASK["TRANSPORT"] (BACKEND now means a '
+        "django.tasks backend in TASKS): write \"TRANSPORT\": 'cloudtasks' instead."
+    )

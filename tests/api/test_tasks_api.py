@@ -160,14 +160,15 @@ def test_delay_returns_a_sent_handle(runs: Any) -> None:
 
 
 def test_a_failed_send_marks_the_handle(runs: Any) -> None:
-    from cloudtask.tasks import TaskHandle as Handle
-    from cloudtask.tasks import send
+    from cloudtask.dispatch import TaskHandle as Handle
+    from cloudtask.dispatch import send
 
     call = test_tasks.always_fails()
-    handle = Handle(call, call.encode())
+    handle = Handle(call.encode(), call=call, sender=call.task)
     with pytest.raises(ValueError):
         send(handle)
     assert handle.state == "failed" and isinstance(handle.error, ValueError)
+    assert handle.wait(0) is True
 
 
 def test_execute_runs_inline_with_a_local_request(runs: Any) -> None:

@@ -28,7 +28,7 @@ def emulator(settings: Any, oncommit_emulator: Emulator, live_server: Any) -> It
     """The cloudtasks backend over gRPC to the emulator, which POSTs to a live Django server."""
     settings.CLOUDTASK = {
         **BASE,
-        "BACKEND": "cloudtasks",
+        "TRANSPORT": "cloudtasks",
         "EMULATOR_HOST": oncommit_emulator.address,
         "PROJECT": oncommit_emulator.project,
         "LOCATION": oncommit_emulator.location,

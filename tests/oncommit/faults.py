@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from cloudtask import EnqueueError
-from cloudtask.backends.base import BaseBackend, EnqueuedTask, TaskMessage
+from cloudtask.transports.base import BaseTransport, EnqueuedTask, TaskMessage
 
 
-class UnavailableBackend(BaseBackend):
+class UnavailableTransport(BaseTransport):
     def enqueue(self, message: TaskMessage) -> EnqueuedTask:
         raise EnqueueError(f"Cloud Tasks is unavailable (task {message.task_name})")

@@ -50,7 +50,7 @@ def test_a_view_that_fails_sends_nothing(atomic_requests: Any) -> None:
     assert response.status_code == 500
     assert not Order.objects.exists()
     (handle,) = views.HANDLES
-    assert handle.state == "pending"  # type: ignore[attr-defined]
+    assert handle.state == "dropped"  # type: ignore[attr-defined]
     assert atomic_requests.wait_idle()
     assert records("read_order") == []
 

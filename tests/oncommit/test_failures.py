@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def unavailable(settings: Any) -> None:
     settings.CLOUDTASK = {
         **django_settings.CLOUDTASK,
-        "BACKEND": "tests.oncommit.faults.UnavailableBackend",
+        "TRANSPORT": "tests.oncommit.faults.UnavailableTransport",
     }
 
 
@@ -55,7 +55,7 @@ def test_every_failed_call_is_reported_and_later_callbacks_run(
     assert [h.state for h in handles] == ["failed"] * 3
     assert all(isinstance(h.error, EnqueueError) for h in handles)
     assert sorted(f["call"].args[0] for f in failures) == ["call 0", "call 1", "call 2"]
-    logged = [r.getMessage() for r in caplog.records if r.name == "cloudtask.transaction"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "cloudtask.dispatch"]
     assert any("tests.oncommit.jobs.ping" in m and "('call 1', {'n': 1})" in m for m in logged)
     assert any("task_enqueue_failed receiver raised" in m for m in logged)
 

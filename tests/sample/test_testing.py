@@ -15,7 +15,7 @@ from django.utils import timezone
 import cloudtask.testing
 from cloudtask import TaskAlreadyExists
 from cloudtask.testing import (
-    CAPTURE_BACKEND,
+    CAPTURE_TRANSPORT,
     TaskRunFailed,
     capture_tasks,
     send_on_commit_tasks,
@@ -215,7 +215,7 @@ def test_send_on_commit_tasks_sends_them_when_the_block_ends() -> None:
 
 def test_capture_backend_in_settings_fills_the_module_outbox() -> None:
     cloudtask.testing.outbox.clear()
-    with override_settings(CLOUDTASK={**django_settings.CLOUDTASK, "BACKEND": CAPTURE_BACKEND}):
+    with override_settings(CLOUDTASK={**django_settings.CLOUDTASK, "TRANSPORT": CAPTURE_TRANSPORT}):
         write_record("global", {}).delay()
         with capture_tasks() as outbox:
             write_record("inner", {}).delay()

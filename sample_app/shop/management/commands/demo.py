@@ -28,7 +28,7 @@ from django.test.utils import override_settings
 from django.utils import timezone
 
 from cloudtask import TaskAlreadyExists, signals
-from cloudtask.backends import get_backend
+from cloudtask.transports import get_transport
 
 from ... import services
 from ...models import Order, TaskLog
@@ -190,11 +190,11 @@ def tasks_delivered_to(url: str, *, emulator_log: bool) -> Iterator[None]:
 
 def embedded_emulator() -> Any:
     """The Emulator the "emulator" backend runs in this process."""
-    backend = get_backend()
+    backend = get_transport()
     emulator = getattr(backend, "emulator", None)
     if emulator is None:
         raise CommandError(
-            f'The demo needs CLOUDTASK["BACKEND"] = "emulator"; the backend is {backend!r}.'
+            f'The demo needs CLOUDTASK["TRANSPORT"] = "emulator"; the backend is {backend!r}.'
         )
     return emulator
 
@@ -440,7 +440,7 @@ class Scenario:
         handles = services.place_order_and_roll_back(customer="Grace", total=Decimal("9.99"))
         t.say("created an order and called two tasks inside atomic(), then raised: rolled back")
         t.expect(
-            all(h.state == "pending" and h.name is None for h in handles),
+            all(h.state == "dropped" and h.resource_name is None for h in handles),
             "neither task handle was ever sent",
         )
         self.idle()
