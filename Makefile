@@ -29,6 +29,8 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
+	$(PY) -m mkdocs build --strict --quiet -d .mkdocs-site
 
 pytest: $(STAMP) browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS)

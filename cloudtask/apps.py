@@ -1,4 +1,7 @@
 from django.apps import AppConfig
+from django.core.checks import register
+
+from . import bindings, checks, registry
 
 
 class CloudTaskConfig(AppConfig):
@@ -8,7 +11,7 @@ class CloudTaskConfig(AppConfig):
     def ready(self) -> None:
         # Importing every app's tasks module registers its tasks, so the endpoint can route any
         # task name it is sent without ever importing a path taken from a request.
-        from . import bindings, checks, registry  # noqa: F401 - checks registers on import
-
         registry.autodiscover()
         bindings.connect_all()
+        register(checks.check_settings, "cloudtask")
+        register(checks.check_deploy, "cloudtask", deploy=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings as django_settings
-from django.core.checks import CheckMessage, Error, Warning, register
+from django.core.checks import CheckMessage, Error, Warning
 
 from . import registry
 from .conf import TRANSPORT_ALIASES, build_settings
@@ -18,7 +18,6 @@ from .transports.cloudtasks import CloudTasksTransport
 from .transports.emulator import EmulatorTransport
 
 
-@register("cloudtask")
 def check_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
@@ -126,7 +125,6 @@ def check_settings(
     return messages
 
 
-@register("cloudtask", deploy=True)
 def check_deploy(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:

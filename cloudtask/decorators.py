@@ -6,5 +6,4 @@
 
 from .tasks import on_commit_task, task
 
-
 __all__ = ["on_commit_task", "task"]

@@ -51,8 +51,9 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 from . import signals
 from .conf import get_settings
+from .exceptions import ConfigurationError
 from .message import EnqueuedTask, TaskMessage
-from .transports import get_transport
+from .transports import BaseTransport, get_transport
 
 __all__ = [
     "ConcurrentDispatcher",
@@ -146,7 +147,17 @@ class TaskHandle:
         return f"<TaskHandle {self.message.task_name} {self.state}{where}>"
 
 
-def _ran_early(transport: Any, message: TaskMessage, enqueued: EnqueuedTask) -> None:
+def _refuse_unsupported(transport: BaseTransport, message: TaskMessage) -> None:
+    if message.task_id is not None and not transport.supports_named:
+        raise ConfigurationError(
+            f"Task {message.task_name!r} has task id {message.task_id!r}, but the "
+            f"{type(transport).__name__} transport does not refuse reused ids "
+            "(supports_named is False), so the call would not be deduplicated. Use a transport "
+            'that does (CLOUDTASK["TRANSPORT"]), or send it without an id.'
+        )
+
+
+def _ran_early(transport: BaseTransport, message: TaskMessage, enqueued: EnqueuedTask) -> None:
     if (
         not transport.supports_schedule
         and message.schedule_time is not None
@@ -166,6 +177,7 @@ def send(handle: TaskHandle) -> TaskHandle:
     """Enqueue handle.message on the configured transport now (thread-safe); raises on failure."""
     transport = get_transport()
     try:
+        _refuse_unsupported(transport, handle.message)
         enqueued = transport.enqueue(handle.message)
     except BaseException as exc:
         handle._failed(exc)
@@ -180,6 +192,7 @@ async def asend(handle: TaskHandle) -> TaskHandle:
     """send() for the event loop: the transport's async path, never blocking the loop."""
     transport = get_transport()
     try:
+        _refuse_unsupported(transport, handle.message)
         enqueued = await transport.aenqueue(handle.message)
     except BaseException as exc:
         handle._failed(exc)
@@ -470,9 +483,12 @@ class _Batch:
                 latest[entry.key] = entry
         to_send: list[TaskHandle] = []
         for entry in alive:
+            if entry.handle is None:
+                continue
             if entry.key is not None and latest[entry.key] is not entry:
-                continue  # superseded by a later save of the same instance
-            if entry.handle is not None and entry.handle.state == "pending":
+                # Superseded by a later save of the same instance: that one carries the change.
+                entry.handle._dropped()
+            elif entry.handle.state == "pending":
                 to_send.append(entry.handle)
         if to_send:
             try:
@@ -482,6 +498,7 @@ class _Batch:
                 # handle it did not settle, so nothing is lost without a trace.
                 for handle in to_send:
                     if handle.state == "pending":
+                        handle._failed(exc)
                         report_failure(handle, exc)
 
 
@@ -560,5 +577,3 @@ def defer_keyed(handle: TaskHandle | None, using: str, *, key: Hashable, state: 
 def call_in_transaction(using: str) -> bool:
     """Whether a transaction is open on the alias (bindings coalesce only inside one)."""
     return _in_transaction(using)
-
-

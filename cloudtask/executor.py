@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 import inspect
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -90,7 +90,9 @@ class Runnable(Protocol):
     def arguments_error(self, args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
         """Why these arguments do not fit the function, or None."""
 
-    def invoke(self, request: CloudTaskRequest, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def invoke(
+        self, request: CloudTaskRequest, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         """Call the function (an async one through run_coroutine) and return its result."""
 
 
@@ -134,7 +136,7 @@ class ArgumentCheck:
         return None
 
 
-def run_coroutine(func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, **kwargs: Any) -> Any:
+def run_coroutine(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run an ``async def`` task from the synchronous endpoint.
 
     Under ASGI the endpoint runs in a sync_to_async worker thread, and async_to_sync hands the
@@ -145,6 +147,8 @@ def run_coroutine(func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, **k
 
 
 def _exhausted(task: Runnable, request: CloudTaskRequest) -> bool:
+    if request.is_local:
+        return True  # an inline run (.execute()) has no queue behind it to retry
     limit = task.max_attempts
     return limit is not None and request.retry_count + 1 >= limit
 
@@ -194,11 +198,11 @@ def _failed(task: Runnable, request: CloudTaskRequest, exc: Exception) -> Execut
     attempt = request.retry_count + 1
     if final:
         logger.error(
-            "Task %s (%s) failed for good on attempt %d of %d; not retried.",
+            "Task %s (%s) failed for good on attempt %d of %s; not retried.",
             task.name,
             request.task_id,
             attempt,
-            task.max_attempts,
+            "1 (run inline)" if request.is_local else task.max_attempts,
             exc_info=exc,
         )
     elif isinstance(exc, Retry):

@@ -10,7 +10,6 @@ from typing import Any
 from django.http import HttpRequest
 
 
-
 def _int(value: str | None) -> int:
     try:
         return int(value or 0)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import (
     Any,
     Concatenate,
     Generic,
     ParamSpec,
+    Protocol,
     TypedDict,
     TypeVar,
     Unpack,
+    cast,
     overload,
 )
 
@@ -187,9 +189,11 @@ class Task(Generic[P, R]):
     def arguments_error(self, args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
         return self.arguments.error(args, kwargs)
 
-    def invoke(self, request: CloudTaskRequest, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def invoke(
+        self, request: CloudTaskRequest, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         if self.is_async:
-            return run_coroutine(self.func, request, *args, **kwargs)  # type: ignore[arg-type]
+            return run_coroutine(self.func, request, *args, **kwargs)
         return self.func(request, *args, **kwargs)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> TaskCall[P, R]:
@@ -407,11 +411,25 @@ def send_many(
     """Send many task calls concurrently (on the dispatch pool); their handles, in order.
 
     Every call is encoded first, so an argument that will not serialize fails before anything
-    is sent. Every call is then attempted; unless ``return_failures``, the first failure is
-    raised once all have settled (each handle says sent or failed).
+    is sent. A call of an on-commit task waits for the commit like its .delay() does; the others
+    are sent at once, concurrently. Every call is attempted; unless ``return_failures``, the
+    first failure is raised once all have settled (each handle says sent or failed).
     """
-    encoded = [(call.encode(), call, call.task) for call in calls]
-    return send_batch(encoded, return_failures=return_failures)
+    calls = list(calls)
+    messages = [call.encode() for call in calls]
+    handles: list[TaskHandle | None] = [None] * len(calls)
+    now: list[int] = []
+    for index, (call, message) in enumerate(zip(calls, messages, strict=True)):
+        if call.task.on_commit:
+            handles[index] = call._send(message)
+        else:
+            now.append(index)
+    sent = send_batch(
+        [(messages[i], calls[i], calls[i].task) for i in now], return_failures=return_failures
+    )
+    for index, handle in zip(now, sent, strict=True):
+        handles[index] = handle
+    return [handle for handle in handles if handle is not None]
 
 
 class TaskOptions(TypedDict, total=False):
@@ -431,6 +449,28 @@ class OnCommitTaskOptions(TaskOptions, BindingOptions, total=False):
     """``@on_commit_task``'s options: a task's, plus a binding's conditions (with on=)."""
 
 
+class TaskDecorator(Protocol):
+    """What ``@task(...)`` and ``@on_commit_task(...)`` return: a decorator that makes a Task.
+
+    An ``async def`` function gives a Task whose result type is what the coroutine returns
+    (``.execute()`` runs it to completion), so the types say what a caller really gets.
+    """
+
+    @overload
+    def __call__(
+        self, f: Callable[Concatenate[CloudTaskRequest, P], Coroutine[Any, Any, R]], /
+    ) -> Task[P, R]: ...
+
+    @overload
+    def __call__(self, f: Callable[Concatenate[CloudTaskRequest, P], R], /) -> Task[P, R]: ...
+
+
+@overload
+def task(
+    func: Callable[Concatenate[CloudTaskRequest, P], Coroutine[Any, Any, R]], /
+) -> Task[P, R]: ...
+
+
 @overload
 def task(func: Callable[Concatenate[CloudTaskRequest, P], R], /) -> Task[P, R]: ...
 
@@ -438,29 +478,35 @@ def task(func: Callable[Concatenate[CloudTaskRequest, P], R], /) -> Task[P, R]: 
 @overload
 def task(
     func: None = None, /, *, on_commit: bool = False, **options: Unpack[TaskOptions]
-) -> Callable[[Callable[Concatenate[CloudTaskRequest, P], R]], Task[P, R]]: ...
+) -> TaskDecorator: ...
 
 
 def task(
-    func: Callable[Concatenate[CloudTaskRequest, P], R] | None = None,
+    func: Callable[..., Any] | None = None,
     /,
     *,
     on_commit: bool = False,
     **options: Unpack[TaskOptions],
-) -> Task[P, R] | Callable[[Callable[Concatenate[CloudTaskRequest, P], R]], Task[P, R]]:
+) -> Task[Any, Any] | TaskDecorator:
     """Declare and register a task: ``@task``, ``@task()`` or ``@task(queue=..., ...)``."""
 
-    def decorate(f: Callable[Concatenate[CloudTaskRequest, P], R]) -> Task[P, R]:
-        t = Task(f, on_commit=on_commit, **options)
+    def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
+        t: Task[Any, Any] = Task(f, on_commit=on_commit, **options)
         registry.register(t)
         return t
 
     if func is not None:
         return decorate(func)
-    return decorate
+    return cast(TaskDecorator, decorate)
 
 
 _BINDING_KEYS = frozenset(BindingOptions.__annotations__)
+
+
+@overload
+def on_commit_task(
+    func: Callable[Concatenate[CloudTaskRequest, P], Coroutine[Any, Any, R]], /
+) -> Task[P, R]: ...
 
 
 @overload
@@ -470,16 +516,16 @@ def on_commit_task(func: Callable[Concatenate[CloudTaskRequest, P], R], /) -> Ta
 @overload
 def on_commit_task(
     func: None = None, /, *, on: Signal | None = None, **options: Unpack[OnCommitTaskOptions]
-) -> Callable[[Callable[Concatenate[CloudTaskRequest, P], R]], Task[P, R]]: ...
+) -> TaskDecorator: ...
 
 
 def on_commit_task(
-    func: Callable[Concatenate[CloudTaskRequest, P], R] | None = None,
+    func: Callable[..., Any] | None = None,
     /,
     *,
     on: Signal | None = None,
     **options: Unpack[OnCommitTaskOptions],
-) -> Task[P, R] | Callable[[Callable[Concatenate[CloudTaskRequest, P], R]], Task[P, R]]:
+) -> Task[Any, Any] | TaskDecorator:
     """``@task(on_commit=True)``: its .delay(), .push() and .schedule() wait for the commit.
 
     With on= or sender= (and the binding conditions fields=, when=, created=, updated=,
@@ -489,17 +535,17 @@ def on_commit_task(
     task_options: dict[str, Any] = {k: v for k, v in options.items() if k not in _BINDING_KEYS}
     binds = on is not None or "sender" in binding or binding.get("deleted") is not None
 
-    def decorate(f: Callable[Concatenate[CloudTaskRequest, P], R]) -> Task[P, R]:
+    def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
         if binding and not binds:
             raise TaskRegistrationError(
                 f"@on_commit_task on {f.__module__}.{f.__qualname__}: binding options "
                 f"({', '.join(f'{k}=' for k in sorted(binding))}) need on= or sender=."
             )
-        t: Task[P, R] = task(on_commit=True, **task_options)(f)
+        t: Task[Any, Any] = task(on_commit=True, **task_options)(f)
         if binds:
             bind(on, task=t, **binding)
         return t
 
     if func is not None:
         return decorate(func)
-    return decorate
+    return cast(TaskDecorator, decorate)

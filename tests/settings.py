@@ -20,6 +20,10 @@ ROOT_URLCONF = "tests.urls"
 # pytest-django's live_server wraps the app in a static-files handler that needs a STATIC_URL.
 STATIC_URL = "static/"
 
+# Test databases are named per test run, so two suites running at once in one tree (two
+# developers' shells, CI legs) never share one; subprocesses inherit the run's name.
+RUN = os.environ.setdefault("CLOUDTASK_TEST_RUN", str(os.getpid()))
+
 if os.environ.get("CLOUDTASK_TEST_DATABASE") == "postgres":
     DATABASES = {
         "default": {
@@ -28,7 +32,7 @@ if os.environ.get("CLOUDTASK_TEST_DATABASE") == "postgres":
             "USER": os.environ.get("PGUSER", "postgres"),
             "HOST": os.environ.get("PGHOST", "127.0.0.1"),
             "PORT": os.environ.get("PGPORT", "5432"),
-            "TEST": {"NAME": "cloudtask_test"},
+            "TEST": {"NAME": f"cloudtask_test_{RUN}"},
         },
         "other": {
             "ENGINE": "django.db.backends.postgresql",
@@ -36,7 +40,7 @@ if os.environ.get("CLOUDTASK_TEST_DATABASE") == "postgres":
             "USER": os.environ.get("PGUSER", "postgres"),
             "HOST": os.environ.get("PGHOST", "127.0.0.1"),
             "PORT": os.environ.get("PGPORT", "5432"),
-            "TEST": {"NAME": "cloudtask_test_other"},
+            "TEST": {"NAME": f"cloudtask_test_other_{RUN}"},
         },
     }
 else:
@@ -44,13 +48,13 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": "cloudtask-tests.sqlite3",
-            "TEST": {"NAME": "cloudtask-tests.sqlite3"},
+            "NAME": f"cloudtask-tests-{RUN}.sqlite3",
+            "TEST": {"NAME": f"cloudtask-tests-{RUN}.sqlite3"},
         },
         "other": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": "cloudtask-tests-other.sqlite3",
-            "TEST": {"NAME": "cloudtask-tests-other.sqlite3"},
+            "NAME": f"cloudtask-tests-other-{RUN}.sqlite3",
+            "TEST": {"NAME": f"cloudtask-tests-other-{RUN}.sqlite3"},
         },
     }
 

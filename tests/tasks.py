@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from datetime import timedelta
 from typing import Any
@@ -110,3 +111,33 @@ def with_headers(request: CloudTaskRequest) -> None:
 @task
 def write_record(request: CloudTaskRequest, label: str, payload: dict[str, Any]) -> None:
     TaskRecord.objects.create(label=label, payload=payload)
+
+
+def logged(func: Any) -> Any:
+    """Another library's decorator around a task function (it keeps the signature visible)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+@task
+@logged
+def wrapped_add(request: CloudTaskRequest, a: int, b: int) -> int:
+    record("wrapped_add", request, a=a, b=b)
+    return a + b
+
+
+@task
+def raises_type_error(request: CloudTaskRequest) -> None:
+    """A TypeError raised inside the task is a task failure, not an argument mismatch."""
+    record("raises_type_error", request)
+    raise TypeError("a bug in the task")
+
+
+@task
+async def async_add(request: CloudTaskRequest, a: int, b: int) -> int:
+    record("async_add", request, a=a, b=b)
+    return a + b

@@ -19,18 +19,17 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import TYPE_CHECKING, TextIO, cast
+from typing import TextIO, cast
 
 import grpc
+from google.cloud.tasks_v2 import CloudTasksClient
+from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from .clock import Clock, ManualClock, SystemClock
 from .dispatcher import Dispatcher, DispatchRecord
 from .oidc import CertsServer, TokenIssuer
 from .server import CloudTasksService
 from .state import PROJECT_ID_RE, Store, parse_queue_name
-
-if TYPE_CHECKING:
-    from google.cloud.tasks_v2 import CloudTasksClient
 
 __all__ = ["Clock", "DispatchRecord", "Emulator", "ManualClock", "SystemClock"]
 
@@ -203,9 +202,6 @@ class Emulator:
 
     def client(self) -> CloudTasksClient:
         """A CloudTasksClient talking plain gRPC to this emulator (one per emulator, reused)."""
-        from google.cloud.tasks_v2 import CloudTasksClient
-        from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
-
         with self._lock:
             if self._client is None:
                 self._channel = grpc.insecure_channel(self.address)

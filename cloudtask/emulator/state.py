@@ -11,7 +11,7 @@ import heapq
 import itertools
 import re
 import secrets
-
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +19,8 @@ from typing import Any
 import grpc
 from google.cloud import tasks_v2
 
-from . import policy
 from ..dedup import RecentNames
+from . import policy
 from .clock import Clock
 from .policy import RetryPolicy, TokenBucket
 
@@ -342,8 +342,6 @@ class Store:
     """All queues and tasks, plus tombstones of recently finished or deleted task names."""
 
     def __init__(self, clock: Clock, *, dedup_window: float, max_task_size: int) -> None:
-        import threading
-
         self.clock = clock
         self.dedup_window = dedup_window
         self.max_task_size = max_task_size

@@ -23,7 +23,14 @@ from ..serialization import decode_envelope
 from . import local
 from .base import BaseTransport, EnqueuedTask, TaskMessage
 
-__all__ = ["CaptureTransport", "CapturedTask", "TaskOutbox", "TaskRunFailed", "open_outboxes", "outbox"]
+__all__ = [
+    "CaptureTransport",
+    "CapturedTask",
+    "TaskOutbox",
+    "TaskRunFailed",
+    "open_outboxes",
+    "outbox",
+]
 
 # Guards the outboxes: on-commit tasks are sent from a thread pool.
 lock = threading.RLock()
@@ -235,5 +242,3 @@ class CaptureTransport(BaseTransport):
             for box in targets:
                 box.append(captured)
         return EnqueuedTask(resource_name=name, schedule_time=message.schedule_time)
-
-

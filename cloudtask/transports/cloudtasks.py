@@ -8,8 +8,14 @@ import weakref
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 from google.api_core import exceptions as api_exceptions
 from google.cloud import tasks_v2
+from google.cloud.tasks_v2.services.cloud_tasks.transports import (
+    CloudTasksGrpcAsyncIOTransport,
+    CloudTasksGrpcTransport,
+)
+from grpc import aio
 
 from ..conf import CloudTaskSettings
 from ..exceptions import ConfigurationError, EnqueueError, QueueNotFound, TaskAlreadyExists
@@ -23,11 +29,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def make_client(emulator_host: str | None) -> Any:
     """A CloudTasksClient: Google's API, or plain-text gRPC to an emulator at host:port."""
     if emulator_host:
-        import grpc
-        from google.cloud.tasks_v2.services.cloud_tasks.transports import (
-            CloudTasksGrpcTransport,
-        )
-
         # client_options={"api_endpoint": ...} alone would open a TLS channel, which hangs
         # against a plain-text emulator: hand the client an insecure channel instead.
         channel = grpc.insecure_channel(emulator_host)
@@ -38,11 +39,6 @@ def make_client(emulator_host: str | None) -> Any:
 def make_async_client(emulator_host: str | None) -> Any:
     """A CloudTasksAsyncClient bound to the running event loop (grpc.aio channels are)."""
     if emulator_host:
-        from grpc import aio
-        from google.cloud.tasks_v2.services.cloud_tasks.transports import (
-            CloudTasksGrpcAsyncIOTransport,
-        )
-
         channel = aio.insecure_channel(emulator_host)
         return tasks_v2.CloudTasksAsyncClient(
             transport=CloudTasksGrpcAsyncIOTransport(channel=channel)

@@ -10,12 +10,10 @@ from __future__ import annotations
 import atexit
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..emulator import Emulator
 from .cloudtasks import CloudTasksTransport
-
-if TYPE_CHECKING:
-    from cloudtask.emulator import Emulator
 
 _emulators: dict[tuple[Any, ...], Emulator] = {}
 _lock = threading.Lock()
@@ -36,8 +34,6 @@ def embedded_emulator(
     with _lock:
         emu = _emulators.get(key)
         if emu is None:
-            from cloudtask.emulator import Emulator
-
             extra: dict[str, Any] = {}
             if project:
                 extra["project"] = project

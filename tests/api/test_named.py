@@ -18,10 +18,10 @@ from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksRest
 
 import cloudtask
 from cloudtask import ARGS_HASH, InvalidTaskCall, TaskAlreadyExists, TaskRegistrationError, task
-from cloudtask.transports.cloudtasks import CloudTasksTransport
 from cloudtask.conf import get_settings
 from cloudtask.exceptions import EnqueueError, QueueNotFound
-from cloudtask.tasks import derived_task_id
+from cloudtask.message import derived_task_id
+from cloudtask.transports.cloudtasks import CloudTasksTransport
 from tests.tasks import add, clean_expired, fixed_name, once_per_args
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -11,8 +11,8 @@ from django.utils import timezone
 from django.utils.timezone import now
 
 from cloudtask import InvalidSchedule
+from cloudtask.message import resolve_schedule
 from cloudtask.transports.base import BaseTransport, EnqueuedTask, TaskMessage
-from cloudtask.tasks import resolve_schedule
 from tests.tasks import add
 
 pytestmark = pytest.mark.django_db(transaction=True)

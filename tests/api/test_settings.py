@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from cloudtask import ConfigurationError
+from cloudtask.conf import build_settings, get_settings
 from cloudtask.transports import get_transport
 from cloudtask.transports.immediate import ImmediateTransport
-from cloudtask.conf import build_settings, get_settings
 
 from .conftest import BASE
 

@@ -13,20 +13,14 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from cloudtask import registry
 from cloudtask.emulator import Emulator
 from cloudtask.emulator.cli import DEFAULT_PORT, add_arguments, certs_port, serve
 
 
 def _registered_queues() -> list[str]:
-    # The registry is optional here: a task without queue= goes to the default queue anyway.
-    try:
-        from cloudtask import registry
-    except ImportError:
-        return []
-    all_tasks = getattr(registry, "all_tasks", None)
-    if all_tasks is None:
-        return []
-    return [t.queue for t in all_tasks() if isinstance(getattr(t, "queue", None), str)]
+    # A task without queue= goes to the default queue, created anyway.
+    return [t.queue for t in registry.all_tasks() if isinstance(getattr(t, "queue", None), str)]
 
 
 class Command(BaseCommand):
