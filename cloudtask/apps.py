@@ -15,3 +15,7 @@ class CloudTaskConfig(AppConfig):
         bindings.connect_all()
         register(checks.check_settings, "cloudtask")
         register(checks.check_deploy, "cloudtask", deploy=True)
+        # The outbox defines a model: importable only once the app registry is ready.
+        from . import dispatch, outbox
+
+        dispatch.set_dispatcher(outbox.OutboxDispatcher())

@@ -44,7 +44,12 @@ DEFAULTS: dict[str, Any] = {
     "OIDC_AUDIENCE": None,
     "OIDC_CERTS_URL": None,
     "ON_COMMIT_WORKERS": 8,
-    "CLIENT_TIMEOUT": 20.0,
+    "CLIENT_TIMEOUT": 5.0,
+    "ENQUEUE_RETRY_DEADLINE": 10.0,
+    "OUTBOX": True,
+    "OUTBOX_FLUSH_TIMEOUT": 1.0,
+    "OUTBOX_RELAY_INTERVAL": 30.0,
+    "OUTBOX_ALERT_AGE": 3600.0,
 }
 
 EMULATOR_DEFAULTS: dict[str, Any] = {
@@ -80,7 +85,19 @@ class CloudTaskSettings:
     oidc_audience: str | None
     oidc_certs_url: str | None
     on_commit_workers: int
+    #: Seconds one CreateTask call may take.
     client_timeout: float
+    #: Seconds within which transient CreateTask errors are retried (0: never), for calls with
+    #: a task id only: a retry cannot duplicate them.
+    enqueue_retry_deadline: float
+    #: Write on-commit calls to the transactional outbox before sending them.
+    outbox: bool
+    #: Seconds a commit waits for its calls to reach Cloud Tasks; the rest is the relay's.
+    outbox_flush_timeout: float
+    #: Each process relays rows left behind at most this often (seconds; 0: never).
+    outbox_relay_interval: float
+    #: A row older than this (seconds) is logged at ERROR each time it fails.
+    outbox_alert_age: float
     #: Each secret encoded once, as HMAC keys (cloudtask.signing).
     secret_keys: tuple[bytes, ...] = field(repr=False, compare=False, default=())
 
@@ -109,6 +126,21 @@ def _bool(raw: Mapping[str, Any], key: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigurationError(f'CLOUDTASK["{key}"] must be True or False, not {value!r}.')
     return value
+
+
+def _seconds(raw: Mapping[str, Any], key: str, *, zero: bool = True) -> float:
+    value = raw[key]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or value < 0
+        or (value == 0 and not zero)
+    ):
+        kind = "a non-negative" if zero else "a positive"
+        raise ConfigurationError(
+            f'CLOUDTASK["{key}"] must be {kind} number of seconds, not {value!r}.'
+        )
+    return float(value)
 
 
 def parse_deadline(value: object, where: str) -> timedelta | None:
@@ -193,11 +225,7 @@ def build_settings(user: object) -> CloudTaskSettings:
         raise ConfigurationError(
             f'CLOUDTASK["ON_COMMIT_WORKERS"] must be a positive integer, not {workers!r}.'
         )
-    timeout = raw["CLIENT_TIMEOUT"]
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-        raise ConfigurationError(
-            f'CLOUDTASK["CLIENT_TIMEOUT"] must be a positive number of seconds, not {timeout!r}.'
-        )
+    timeout = _seconds(raw, "CLIENT_TIMEOUT", zero=False)
     queue = raw["QUEUE"]
     if not isinstance(queue, str) or not queue:
         raise ConfigurationError(f'CLOUDTASK["QUEUE"] must be a queue id string, not {queue!r}.')
@@ -221,7 +249,12 @@ def build_settings(user: object) -> CloudTaskSettings:
         oidc_audience=_optional_str(raw, "OIDC_AUDIENCE"),
         oidc_certs_url=_optional_str(raw, "OIDC_CERTS_URL"),
         on_commit_workers=workers,
-        client_timeout=float(timeout),
+        client_timeout=timeout,
+        enqueue_retry_deadline=_seconds(raw, "ENQUEUE_RETRY_DEADLINE"),
+        outbox=_bool(raw, "OUTBOX"),
+        outbox_flush_timeout=_seconds(raw, "OUTBOX_FLUSH_TIMEOUT", zero=False),
+        outbox_relay_interval=_seconds(raw, "OUTBOX_RELAY_INTERVAL"),
+        outbox_alert_age=_seconds(raw, "OUTBOX_ALERT_AGE", zero=False),
         secret_keys=tuple(s.encode() for s in secrets),
     )
 

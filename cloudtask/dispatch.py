@@ -39,7 +39,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -72,13 +72,15 @@ __all__ = [
 
 logger = logging.getLogger("cloudtask.dispatch")
 
-State = Literal["pending", "sent", "failed", "dropped"]
+State = Literal["pending", "sent", "failed", "dropped", "outboxed"]
 
 
 class TaskHandle:
-    """One dispatched task call: pending until sent, then sent, failed or dropped (its
-    transaction or savepoint rolled back, or a later save of the same instance superseded it).
-    Every handle reaches one of the three terminal states, so wait() always returns."""
+    """One dispatched task call: pending until it settles as sent, failed, dropped (its
+    transaction or savepoint rolled back, or a later save of the same instance superseded it) or
+    outboxed (committed to the transactional outbox, not yet accepted by Cloud Tasks: the relay
+    sends it; a send still in flight may turn it sent later). Every handle settles, so wait()
+    always returns."""
 
     def __init__(self, message: TaskMessage, *, call: Any = None, sender: Any = None) -> None:
         self.message = message
@@ -93,6 +95,8 @@ class TaskHandle:
         #: that does not schedule).
         self.schedule_time: datetime | None = message.schedule_time
         self.error: BaseException | None = None
+        #: Its row in the transactional outbox (cloudtask.outbox), while it has one.
+        self.outbox: Any = None
         self._done = threading.Event()
 
     @property
@@ -140,6 +144,12 @@ class TaskHandle:
     def _dropped(self) -> None:
         if self.state == "pending":
             self.state = "dropped"
+            self._done.set()
+
+    def _outboxed(self, exc: BaseException | None) -> None:
+        if self.state != "sent":
+            self.error = exc
+            self.state = "outboxed"
             self._done.set()
 
     def __repr__(self) -> str:
@@ -273,6 +283,9 @@ class Dispatcher:
         raise NotImplementedError
 
 
+_POOL_PREFIX = "cloudtask-on-commit"
+
+
 class ConcurrentDispatcher(Dispatcher):
     """Sends a commit's task calls concurrently on a bounded pool and waits for all of them."""
 
@@ -287,7 +300,7 @@ class ConcurrentDispatcher(Dispatcher):
             if self._pool is None or self._pool_size != workers:
                 old = self._pool
                 self._pool = ThreadPoolExecutor(
-                    max_workers=workers, thread_name_prefix="cloudtask-on-commit"
+                    max_workers=workers, thread_name_prefix=_POOL_PREFIX
                 )
                 self._pool_size = workers
                 if old is not None:
@@ -299,10 +312,20 @@ class ConcurrentDispatcher(Dispatcher):
         for handle, error in self.send_all(handles):
             report_failure(handle, error)
 
-    def send_all(self, handles: Sequence[TaskHandle]) -> list[tuple[TaskHandle, Exception]]:
-        """Send handles concurrently and wait; the ones that failed, with their errors."""
+    def send_all(
+        self,
+        handles: Sequence[TaskHandle],
+        *,
+        timeout: float | None = None,
+        on_late: Callable[[TaskHandle, Exception | None], None] | None = None,
+    ) -> list[tuple[TaskHandle, Exception]]:
+        """Send handles concurrently and wait; the ones that failed, with their errors.
+
+        With a timeout, wait at most that long: a send still running then is left to finish in
+        the pool, and on_late(handle, error or None) is called from the pool when it does.
+        """
         errors: list[tuple[TaskHandle, Exception]] = []
-        if len(handles) == 1 or getattr(_worker_state, "active", False):
+        if getattr(_worker_state, "active", False) or (len(handles) == 1 and timeout is None):
             # One call needs no pool. And a flush started from a pool thread (a task_enqueued
             # receiver that commits its own transaction) must not wait on its own pool.
             for handle in handles:
@@ -312,8 +335,12 @@ class ConcurrentDispatcher(Dispatcher):
         else:
             pool = self._executor()
             futures = [pool.submit(_pooled_send, handle) for handle in handles]
-            wait_futures(futures)
+            wait_futures(futures, timeout=timeout)
             for handle, future in zip(handles, futures, strict=True):
+                if not future.done():
+                    if on_late is not None:
+                        future.add_done_callback(_late(handle, on_late))
+                    continue
                 error = future.result()
                 if error is not None:
                     errors.append((handle, error))
@@ -328,6 +355,22 @@ class ConcurrentDispatcher(Dispatcher):
 
 
 _worker_state = threading.local()
+
+
+def _late(
+    handle: TaskHandle, on_late: Callable[[TaskHandle, Exception | None], None]
+) -> Callable[[Future[Exception | None]], None]:
+    def done(future: Future[Exception | None]) -> None:
+        try:
+            on_late(handle, future.result())
+        finally:
+            # on_late may have opened a connection in this pool thread: close it. (A future
+            # that finished just before add_done_callback runs this in the committing thread,
+            # whose connections are not ours to close.)
+            if threading.current_thread().name.startswith(_POOL_PREFIX):
+                connections.close_all()
+
+    return done
 
 
 def _send_one(handle: TaskHandle) -> Exception | None:

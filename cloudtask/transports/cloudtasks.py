@@ -10,6 +10,8 @@ from typing import Any
 
 import grpc
 from google.api_core import exceptions as api_exceptions
+from google.api_core import retry as api_retry
+from google.api_core import retry_async as api_retry_async
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import (
     CloudTasksGrpcAsyncIOTransport,
@@ -22,6 +24,17 @@ from ..exceptions import ConfigurationError, EnqueueError, QueueNotFound, TaskAl
 from .base import BaseTransport, EnqueuedTask, TaskMessage
 
 _POST = int(tasks_v2.HttpMethod.POST)
+#: Errors after which the same CreateTask may well succeed: UNAVAILABLE, DEADLINE_EXCEEDED,
+#: INTERNAL, RESOURCE_EXHAUSTED.
+TRANSIENT_ERRORS = (
+    api_exceptions.ServiceUnavailable,
+    api_exceptions.DeadlineExceeded,
+    api_exceptions.InternalServerError,
+    api_exceptions.ResourceExhausted,
+)
+#: Backoff between retries: 0.1 s doubling up to 2 s, each sleep drawn at random below the
+#: current bound (google.api_core's jitter), within CLOUDTASK["ENQUEUE_RETRY_DEADLINE"].
+RETRY_INITIAL, RETRY_MAXIMUM, RETRY_MULTIPLIER = 0.1, 2.0, 2.0
 _PB_CREATE_TASK_REQUEST = tasks_v2.CreateTaskRequest.pb()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -137,25 +150,75 @@ class CloudTasksTransport(BaseTransport):
         request: tasks_v2.CreateTaskRequest = tasks_v2.CreateTaskRequest.wrap(pb)
         return request
 
+    def _retries(self, message: TaskMessage) -> bool:
+        """Whether transient errors of this call are retried: only with a task id, which makes
+        a retry of a call that did reach Cloud Tasks an ALREADY_EXISTS, never a duplicate."""
+        return bool(message.task_id) and self.settings.enqueue_retry_deadline > 0
+
     def enqueue(self, message: TaskMessage) -> EnqueuedTask:
         parent = self.parent(message.queue)
         request = self.build_request(message, parent)
+        failures: list[Exception] = []
+        retry = (
+            api_retry.Retry(
+                predicate=api_retry.if_exception_type(*TRANSIENT_ERRORS),
+                initial=RETRY_INITIAL,
+                maximum=RETRY_MAXIMUM,
+                multiplier=RETRY_MULTIPLIER,
+                timeout=self.settings.enqueue_retry_deadline,
+                on_error=failures.append,
+            )
+            if self._retries(message)
+            else None
+        )
         try:
-            created = self.client.create_task(request=request, timeout=self.settings.client_timeout)
+            created = self.client.create_task(
+                request=request, timeout=self.settings.client_timeout, retry=retry
+            )
         except api_exceptions.GoogleAPIError as exc:
-            raise self.translate_error(exc, message, parent) from exc
+            return self.settle_error(exc, message, parent, failures)
         return self.enqueued(message, created)
 
     async def aenqueue(self, message: TaskMessage) -> EnqueuedTask:
         parent = self.parent(message.queue)
         request = self.build_request(message, parent)
+        failures: list[Exception] = []
+        retry = (
+            api_retry_async.AsyncRetry(
+                predicate=api_retry.if_exception_type(*TRANSIENT_ERRORS),
+                initial=RETRY_INITIAL,
+                maximum=RETRY_MAXIMUM,
+                multiplier=RETRY_MULTIPLIER,
+                timeout=self.settings.enqueue_retry_deadline,
+                on_error=failures.append,
+            )
+            if self._retries(message)
+            else None
+        )
         try:
             created = await self.async_client().create_task(
-                request=request, timeout=self.settings.client_timeout
+                request=request, timeout=self.settings.client_timeout, retry=retry
             )
         except api_exceptions.GoogleAPIError as exc:
-            raise self.translate_error(exc, message, parent) from exc
+            return self.settle_error(exc, message, parent, failures)
         return self.enqueued(message, created)
+
+    def settle_error(
+        self,
+        exc: api_exceptions.GoogleAPIError,
+        message: TaskMessage,
+        parent: str,
+        failures: list[Exception],
+    ) -> EnqueuedTask:
+        """The task, if exc proves it was created; else raise cloudtask's error for exc."""
+        if failures and isinstance(exc, api_exceptions.Conflict):
+            # An earlier attempt of this very call reached Cloud Tasks although its answer was
+            # lost (a timeout, UNAVAILABLE): the task exists because we created it.
+            return EnqueuedTask(
+                resource_name=f"{parent}/tasks/{message.task_id}",
+                schedule_time=message.schedule_time,
+            )
+        raise self.translate_error(exc, message, parent) from exc
 
     @staticmethod
     def translate_error(

@@ -21,8 +21,10 @@ def test_defaults() -> None:
         "emulator",
         "default",
         102_400,
-        20.0,
+        5.0,
     )
+    assert (s.enqueue_retry_deadline, s.outbox, s.outbox_flush_timeout) == (10.0, True, 1.0)
+    assert (s.outbox_relay_interval, s.outbox_alert_age) == (30.0, 3600.0)
     assert s.secrets == () and s.url is None and s.dispatch_deadline is None
     assert s.allow_unauthenticated is False and s.oidc_verify is False
     assert s.on_commit_workers == 8
@@ -64,6 +66,9 @@ def test_dispatch_deadline_forms() -> None:
         ({"EMULATOR": {"QUEUES": [1]}}, 'CLOUDTASK["EMULATOR"]["QUEUES"] must be a list'),
         ({"ON_COMMIT_WORKERS": 0}, 'CLOUDTASK["ON_COMMIT_WORKERS"] must be a positive integer'),
         ({"CLIENT_TIMEOUT": -1}, 'CLOUDTASK["CLIENT_TIMEOUT"] must be a positive number'),
+        ({"OUTBOX": 1}, 'CLOUDTASK["OUTBOX"] must be True or False'),
+        ({"OUTBOX_FLUSH_TIMEOUT": 0}, 'CLOUDTASK["OUTBOX_FLUSH_TIMEOUT"] must be a positive'),
+        ({"ENQUEUE_RETRY_DEADLINE": -1}, 'CLOUDTASK["ENQUEUE_RETRY_DEADLINE"] must be a non-'),
         ({"QUEUE": None}, 'CLOUDTASK["QUEUE"] must be a queue id string'),
         ({"TRANSPORT": ""}, 'CLOUDTASK["TRANSPORT"] must be'),
     ],

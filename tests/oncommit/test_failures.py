@@ -11,6 +11,7 @@ from django.conf import settings as django_settings
 from django.db import transaction
 
 from cloudtask import EnqueueError, signals
+from cloudtask.models import OutboxMessage
 from tests.models import Parcel
 
 from .jobs import ping
@@ -52,12 +53,26 @@ def test_every_failed_call_is_reported_and_later_callbacks_run(
         transaction.on_commit(lambda: after.append("ran"))
 
     assert after == ["ran"]
-    assert [h.state for h in handles] == ["failed"] * 3
+    # Not lost: each call stays in the transactional outbox for the relay.
+    assert [h.state for h in handles] == ["outboxed"] * 3
     assert all(isinstance(h.error, EnqueueError) for h in handles)
+    assert sorted(OutboxMessage.objects.values_list("attempts", flat=True)) == [1, 1, 1]
     assert sorted(f["call"].args[0] for f in failures) == ["call 0", "call 1", "call 2"]
     logged = [r.getMessage() for r in caplog.records if r.name == "cloudtask.dispatch"]
     assert any("tests.oncommit.jobs.ping" in m and "('call 1', {'n': 1})" in m for m in logged)
     assert any("task_enqueue_failed receiver raised" in m for m in logged)
+
+
+def test_without_the_outbox_a_failed_call_is_failed_and_gone(
+    unavailable: None, failures: list[dict[str, Any]], settings: Any
+) -> None:
+    settings.CLOUDTASK = {**settings.CLOUDTASK, "OUTBOX": False}
+    with transaction.atomic():
+        handle = ping("no outbox", {}).delay()
+
+    assert handle.state == "failed" and isinstance(handle.error, EnqueueError)
+    assert not OutboxMessage.objects.exists()
+    assert [f["call"].args[0] for f in failures] == ["no outbox"]
 
 
 def test_in_autocommit_a_binding_that_cannot_send_does_not_fail_the_save(
