@@ -282,6 +282,10 @@ class Dispatcher:
         """Send handles after their transaction committed. Must not raise: report failures."""
         raise NotImplementedError
 
+    def discard(self, handles: Sequence[TaskHandle]) -> None:
+        """After the commit: handles that were prepared but will never be sent (superseded by
+        a later save of the same instance). Forget whatever prepare() stored for them."""
+
 
 _POOL_PREFIX = "cloudtask-on-commit"
 
@@ -525,14 +529,18 @@ class _Batch:
             if entry.key is not None:
                 latest[entry.key] = entry
         to_send: list[TaskHandle] = []
+        superseded: list[TaskHandle] = []
         for entry in alive:
             if entry.handle is None:
                 continue
             if entry.key is not None and latest[entry.key] is not entry:
                 # Superseded by a later save of the same instance: that one carries the change.
                 entry.handle._dropped()
+                superseded.append(entry.handle)
             elif entry.handle.state == "pending":
                 to_send.append(entry.handle)
+        if superseded:
+            get_dispatcher().discard(superseded)
         if to_send:
             try:
                 get_dispatcher().dispatch(to_send)

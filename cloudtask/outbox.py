@@ -225,6 +225,16 @@ class OutboxDispatcher(ConcurrentDispatcher):
             _delete(alias, ids)
         maybe_relay()
 
+    def discard(self, handles: Sequence[TaskHandle]) -> None:
+        by_alias: dict[str, list[int]] = {}
+        for handle in handles:
+            row: _Row | None = handle.outbox
+            if row is not None:
+                by_alias.setdefault(row.alias, []).append(row.pk)
+                handle.outbox = None
+        for alias, ids in by_alias.items():
+            _delete(alias, ids)
+
     def _failed(self, handle: TaskHandle, error: Exception) -> None:
         row: _Row = handle.outbox
         if isinstance(error, TaskAlreadyExists):

@@ -12,6 +12,7 @@ from django.db.models.signals import post_save
 from django.dispatch import Signal
 
 from cloudtask import CloudTaskRequest, ConfigurationError, bind, on_commit_task, task, unbind
+from cloudtask.models import OutboxMessage
 from tests.models import Order, Parcel, Tag, TaskRecord, Untracked
 
 from .conftest import records
@@ -84,6 +85,8 @@ def test_saves_of_one_instance_coalesce_into_one_task(emulator: Any) -> None:
     ]
     # parcel_weighed asked for one task per save.
     assert [r["changes"] for r in records("parcel_weighed")] == [{"weight": ["1.00", "2.00"]}]
+    # The superseded versions left nothing in the outbox for a relay to send later.
+    assert not OutboxMessage.objects.exists()
 
 
 def test_one_task_per_instance_when_several_instances_change(emulator: Any) -> None:
