@@ -27,21 +27,19 @@ from . import registry
 from .bindings import BindingOptions, bind
 from .conf import get_settings, parse_deadline
 from .dispatch import TaskHandle, adispatch, dispatch, send_batch
+from .encoding import encode_message
 from .exceptions import ConfigurationError, InvalidTaskCall, TaskRegistrationError
 from .executor import ArgumentCheck, Outcome, execute, run_coroutine
 from .message import (
-    MAX_URL_LENGTH,
     TaskMessage,
-    check_schedule,
     derived_task_id,
     queue_id_error,
     resolve_schedule,
     task_id_error,
 )
 from .request import CloudTaskRequest
-from .serialization import canonical_arguments, dumps_envelope, encode_arguments
+from .serialization import canonical_arguments, encode_arguments
 from .signing import HEADER as SIGNATURE_HEADER
-from .signing import sign
 
 __all__ = [
     "ARGS_HASH",
@@ -240,47 +238,21 @@ class TaskCall(Generic[P, R]):
         ``name`` is the seed API's spelling of ``task_id``.
         """
         task = self.task
-        settings = get_settings()
         task_id = _one_id(task, task_id, name)
-        enc_args, enc_kwargs = encode_arguments(
+        if task_id is None:
+            task_id = self.args_hash() if task.named is ARGS_HASH else task.fixed_id
+        return encode_message(
             task.name,
+            self.queue,
+            self.url,
             self.args,
             self.kwargs,
             label=task.func.__name__,
             param_names=task.param_names,
-        )
-        body = dumps_envelope(task.name, enc_args, enc_kwargs)
-        if len(body) > settings.max_payload_size:
-            raise InvalidTaskCall(
-                f"{task.func.__name__}() payload is {len(body)} bytes, over the "
-                f"{settings.max_payload_size}-byte limit set by CLOUDTASK['MAX_PAYLOAD_SIZE']; "
-                "pass a reference (a model instance or an id) instead of the data."
-            )
-        if task_id is None:
-            task_id = self.args_hash() if task.named is ARGS_HASH else task.fixed_id
-        url = self.url or settings.url or ""
-        if len(url) > MAX_URL_LENGTH:
-            raise InvalidTaskCall(
-                f"{task.func.__name__}() URL is {len(url)} characters; Cloud Tasks accepts at "
-                f"most {MAX_URL_LENGTH}."
-            )
-        if schedule_time is not None:
-            schedule_time = check_schedule(schedule_time)
-        headers = {"Content-Type": "application/json", **task.headers}
-        signature = sign(body, settings)
-        if signature is not None:
-            headers[SIGNATURE_HEADER] = signature
-        return TaskMessage(
-            task_name=task.name,
-            queue=task.queue or settings.queue,
-            url=url,
-            body=body,
-            headers=headers,
             task_id=task_id,
             schedule_time=schedule_time,
-            dispatch_deadline=task.dispatch_deadline or settings.dispatch_deadline,
-            oidc_service_account=settings.sae,
-            oidc_audience=settings.oidc_audience,
+            headers=task.headers,
+            dispatch_deadline=task.dispatch_deadline,
         )
 
     def args_hash(self) -> str:

@@ -4,40 +4,43 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='OutboxMessage',
+            name="OutboxMessage",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(db_index=True)),
-                ('task_name', models.CharField(max_length=500)),
-                ('queue', models.CharField(max_length=100)),
-                ('url', models.CharField(max_length=2083)),
-                ('body', models.BinaryField()),
-                ('headers', models.JSONField(default=dict)),
-                ('task_id', models.CharField(max_length=500)),
-                ('named', models.BooleanField(default=False)),
-                ('schedule_time', models.DateTimeField(blank=True, null=True)),
-                ('dispatch_deadline', models.DurationField(blank=True, null=True)),
-                ('oidc_service_account', models.CharField(blank=True, default='', max_length=254)),
-                ('oidc_audience', models.CharField(blank=True, default='', max_length=2083)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('next_attempt_at', models.DateTimeField(db_index=True)),
-                ('last_attempt_at', models.DateTimeField(blank=True, null=True)),
-                ('last_error', models.TextField(blank=True, default='')),
-                ('lease_until', models.DateTimeField(blank=True, null=True)),
-                ('lease_owner', models.CharField(blank=True, default='', max_length=32)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(db_index=True)),
+                ("task_name", models.CharField(max_length=500)),
+                ("queue", models.CharField(max_length=100)),
+                ("url", models.CharField(max_length=2083)),
+                ("body", models.BinaryField()),
+                ("headers", models.JSONField(default=dict)),
+                ("task_id", models.CharField(max_length=500)),
+                ("named", models.BooleanField(default=False)),
+                ("schedule_time", models.DateTimeField(blank=True, null=True)),
+                ("dispatch_deadline", models.DurationField(blank=True, null=True)),
+                ("oidc_service_account", models.CharField(blank=True, default="", max_length=254)),
+                ("oidc_audience", models.CharField(blank=True, default="", max_length=2083)),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("next_attempt_at", models.DateTimeField(db_index=True)),
+                ("last_attempt_at", models.DateTimeField(blank=True, null=True)),
+                ("last_error", models.TextField(blank=True, default="")),
+                ("lease_until", models.DateTimeField(blank=True, null=True)),
+                ("lease_owner", models.CharField(blank=True, default="", max_length=32)),
             ],
             options={
-                'verbose_name': 'outbox message',
-                'verbose_name_plural': 'outbox',
-                'ordering': ('next_attempt_at', 'pk'),
+                "verbose_name": "outbox message",
+                "verbose_name_plural": "outbox",
+                "ordering": ("next_attempt_at", "pk"),
             },
         ),
     ]

@@ -1,0 +1,1 @@
+"""cloudtask.backends.CloudTasksBackend: Django's tasks framework on cloudtask."""

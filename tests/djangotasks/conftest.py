@@ -1,0 +1,159 @@
+"""Fixtures for the django.tasks backend tests: the in-process emulator delivering to a live
+server, the runs tests/djangotasks/tasks.py recorded, and Django's task signals, all waited on
+by condition."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings as django_settings
+from django.dispatch import Signal
+
+from cloudtask.emulator import Emulator
+
+from . import tasks
+
+BASE = dict(django_settings.CLOUDTASK)
+
+
+class Runs:
+    """The runs tests/djangotasks/tasks.py recorded."""
+
+    def clear(self) -> None:
+        with tasks.RUN_EVENT:
+            tasks.RUNS.clear()
+
+    def of(self, label: str) -> list[dict[str, Any]]:
+        with tasks.RUN_EVENT:
+            return [r for r in tasks.RUNS if r["label"] == label]
+
+    def wait(self, label: str, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        with tasks.RUN_EVENT:
+            while True:
+                found = [r for r in tasks.RUNS if r["label"] == label]
+                if len(found) >= count:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"{label} ran {len(found)} times, expected {count}")
+                tasks.RUN_EVENT.wait(remaining)
+
+
+@pytest.fixture
+def runs() -> Iterator[Runs]:
+    recorder = Runs()
+    recorder.clear()
+    yield recorder
+    recorder.clear()
+
+
+class SignalLog:
+    """Every sending of some signals, from any thread: (signal name, sender, kwargs)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, dict[str, Any]]] = []
+        self.cond = threading.Condition()
+        self._connected: list[tuple[Signal, Callable[..., None]]] = []
+
+    def listen(self, name: str, signal: Signal) -> None:
+        def receiver(sender: Any, **kwargs: Any) -> None:
+            kwargs.pop("signal", None)
+            with self.cond:
+                self.calls.append((name, sender, kwargs))
+                self.cond.notify_all()
+
+        signal.connect(receiver, weak=False)
+        self._connected.append((signal, receiver))
+
+    def names(self) -> list[str]:
+        with self.cond:
+            return [name for name, _, _ in self.calls]
+
+    def of(self, name: str) -> list[dict[str, Any]]:
+        with self.cond:
+            return [kwargs for n, _, kwargs in self.calls if n == name]
+
+    def senders(self, name: str) -> list[Any]:
+        with self.cond:
+            return [sender for n, sender, _ in self.calls if n == name]
+
+    def wait(self, name: str, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(found := [k for n, _, k in self.calls if n == name]) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"{name} sent {len(found)} times, expected {count}")
+                self.cond.wait(remaining)
+            return found
+
+    def close(self) -> None:
+        for signal, receiver in self._connected:
+            signal.disconnect(receiver)
+
+
+@pytest.fixture
+def signal_log() -> Iterator[SignalLog]:
+    log = SignalLog()
+    yield log
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[Emulator]:
+    with Emulator(auto_create_queues=True, log=None) as emu:
+        yield emu
+
+
+@pytest.fixture
+def endpoint_url(live_server: Any) -> str:
+    return str(live_server.url) + "/_tasks/"
+
+
+@pytest.fixture
+def via_emulator(settings: Any, emulator: Emulator, endpoint_url: str) -> Emulator:
+    """The cloudtasks transport over gRPC to the in-process emulator, which POSTs each task to
+    the endpoint of a live server, as Cloud Tasks would."""
+    settings.CLOUDTASK = {
+        **BASE,
+        "TRANSPORT": "cloudtasks",
+        "EMULATOR_HOST": emulator.address,
+        "PROJECT": emulator.project,
+        "LOCATION": emulator.location,
+        "URL": endpoint_url,
+    }
+    return emulator
+
+
+def poll(probe: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
+    """probe()'s first truthy value, polled until a deadline (for state with no event to wait
+    on, like the emulator's delivery records, which land after the response)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def deliveries(emulator: Emulator, task_id: str, count: int = 1) -> list[Any]:
+    """The emulator's records of the first ``count`` deliveries of a task, once there are that
+    many."""
+
+    def probe() -> list[Any]:
+        found = [d for d in emulator.dispatches if d.task == task_id]
+        return found if len(found) >= count else []
+
+    return list(poll(probe))
+
+
+def statuses(emulator: Emulator, task_id: str, count: int) -> list[int | None]:
+    """The HTTP statuses of the first ``count`` deliveries of a task."""
+    return [d.status for d in deliveries(emulator, task_id, count)]
