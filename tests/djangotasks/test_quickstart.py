@@ -184,3 +184,20 @@ def test_the_quickstart_through_the_emulator(
     finally:
         with contextlib.suppress(NotFound):
             client.delete_task(name=name)
+
+
+README = PAGE.parents[1] / "README.md"
+
+
+def test_the_readme_variant_is_the_pages_executed_code() -> None:
+    """The README's "with Django's tasks framework" quickstart shows blocks this module runs."""
+    section = README.read_text().split("### Quickstart with Django's tasks framework", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    shown = re.findall(r"^```python\n(.*?)^```$", section, re.S | re.M)
+    assert len(shown) == 2
+    page_text = PAGE.read_text()
+    settings_block, tasks_block = shown
+    assert tasks_block in page_text
+    # The README's TASKS setting is the one of the page's (executed) settings block.
+    assert settings_block.startswith("# settings.py\nTASKS = {")
+    assert settings_block.split("\n", 1)[1] in page_text
