@@ -31,13 +31,16 @@ from django.core.checks import CheckMessage, Error
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 from django.utils.crypto import get_random_string
+from django.utils.module_loading import import_string
 
-from . import registry, signals
+from . import records, registry, signals
+from .conf import get_settings
 from .dispatch import adispatch, dispatch
 from .encoding import encode_message
 from .exceptions import ConfigurationError, InvalidSchedule, InvalidTaskCall, UnknownTask
 from .executor import ArgumentCheck, run_coroutine
 from .message import MAX_URL_LENGTH, TaskMessage, queue_id_error, resolve_schedule
+from .models import TaskExecution
 from .request import CloudTaskRequest
 from .transports import get_transport
 
@@ -155,6 +158,8 @@ class DjangoTaskAdapter:
     dispatch_deadline: timedelta | None = None
     headers: Mapping[str, str] = MappingProxyType({})
     using: str | None = None
+    #: A django.tasks task has no per-task transaction option: its record is written after it.
+    atomic = False
 
     def __init__(self, task: Task[Any, Any]) -> None:
         self.task = task
@@ -316,6 +321,72 @@ def _parse_options(alias: str, options: object) -> tuple[list[str], bool, str | 
     return problems, on_commit, url
 
 
+#: What an execution record's status means to django.tasks, which has no "failed, will be
+#: retried": Django defines READY as "enqueued, or ready to be executed again", which is what a
+#: failed attempt that Cloud Tasks retries is. A discarded task stopped on an exception (Discard,
+#: a deleted model argument) and returned nothing: FAILED, as task_finished said when it ran.
+RECORD_STATUSES: Mapping[str, TaskResultStatus] = MappingProxyType(
+    {
+        TaskExecution.Status.RUNNING: TaskResultStatus.RUNNING,
+        TaskExecution.Status.SUCCEEDED: TaskResultStatus.SUCCESSFUL,
+        TaskExecution.Status.FAILED: TaskResultStatus.READY,
+        TaskExecution.Status.DISCARDED: TaskResultStatus.FAILED,
+        TaskExecution.Status.DEAD: TaskResultStatus.FAILED,
+    }
+)
+
+
+def _task_of(record: TaskExecution) -> Task[Any, Any]:
+    """The django.tasks Task a record was written for: its registry entry, else its module path
+    imported (a task module this process has not imported yet)."""
+    try:
+        entry: Any = registry.get(record.task_name)
+    except UnknownTask:
+        try:
+            entry = import_string(record.task_name)
+        except ImportError:
+            entry = None
+    if isinstance(entry, DjangoTaskAdapter):
+        return entry.task
+    if isinstance(entry, Task):
+        return entry
+    raise TaskResultDoesNotExist(
+        f"Task id {record.task_id!r} ran {record.task_name!r}, which is not a django.tasks task "
+        "this process knows (a seed-API task's handle has get_result() of its own)."
+    )
+
+
+def _result_of(record: TaskExecution, alias: str) -> TaskResult[Any]:
+    """A record as a TaskResult. The record keeps neither the arguments (args and kwargs are
+    empty) nor when the task was enqueued (enqueued_at is None); see docs/records-admin.md."""
+    status = RECORD_STATUSES[record.status]
+    finished = status in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED)
+    result: TaskResult[Any] = TaskResult(
+        task=_task_of(record),
+        id=record.task_id,
+        status=status,
+        enqueued_at=None,
+        started_at=record.first_started_at,
+        finished_at=record.finished_at if finished else None,
+        last_attempted_at=record.last_started_at,
+        args=[],
+        kwargs={},
+        backend=alias,
+        errors=[
+            TaskError(
+                exception_class_path=str(entry.get("exception_class", "")),
+                traceback=str(entry.get("traceback", "")),
+            )
+            for entry in record.errors
+        ],
+        # attempts is len(worker_ids); the record counts attempts, not where they ran.
+        worker_ids=[UNKNOWN_WORKER] * record.attempts,
+    )
+    if status == TaskResultStatus.SUCCESSFUL:
+        object.__setattr__(result, "_return_value", record.return_value)
+    return result
+
+
 class CloudTasksBackend(BaseTaskBackend):
     """Django's tasks framework on Google Cloud Tasks, through cloudtask's transports.
 
@@ -327,8 +398,6 @@ class CloudTasksBackend(BaseTaskBackend):
     supports_async_task = True
     # Cloud Tasks has no priorities: Django refuses a task with a non-default priority.
     supports_priority = False
-    # Cloud Tasks keeps no results; cloudtask's execution records will come later.
-    supports_get_result = False
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
@@ -339,6 +408,12 @@ class CloudTasksBackend(BaseTaskBackend):
         """run_after is honoured only by a transport that waits for a schedule time (not the
         immediate one, which runs each task when it is sent)."""
         return get_transport().supports_schedule
+
+    @property
+    def supports_get_result(self) -> bool:  # type: ignore[override]  # follows CLOUDTASK
+        """Cloud Tasks keeps no results; cloudtask's execution records (CLOUDTASK["RECORDS"],
+        on by default) do, and get_result() reads them."""
+        return get_settings().records
 
     def validate_task(self, task: Task[Any, Any]) -> None:
         """Django's checks, then Cloud Tasks' rules; registers the task for the endpoint."""
@@ -409,11 +484,25 @@ class CloudTasksBackend(BaseTaskBackend):
         return result
 
     def get_result(self, result_id: str) -> TaskResult[Any]:
-        raise NotImplementedError(
-            "CloudTasksBackend cannot retrieve task results (supports_get_result is False): "
-            "Cloud Tasks keeps none, and cloudtask does not record executions yet. Receive "
-            "django.tasks' task_finished signal to see how a task ended."
-        )
+        """The task's result as its execution record tells it (see docs/records-admin.md).
+
+        Raises TaskResultDoesNotExist until a delivery of the task started (cloudtask writes a
+        record when a delivery starts, not when the task is enqueued), for an unknown id, and
+        for a pruned record. ``aget_result()`` is Django's: this, in a thread.
+        """
+        if not get_settings().records:
+            raise NotImplementedError(
+                'CloudTasksBackend cannot retrieve task results with CLOUDTASK["RECORDS"] '
+                "off (supports_get_result is False): Cloud Tasks keeps none. Turn records on, "
+                "or receive django.tasks' task_finished signal to see how a task ended."
+            )
+        record = records.lookup(result_id)
+        if record is None:
+            raise TaskResultDoesNotExist(
+                f"No execution record for task id {result_id!r}: the task has not started yet, "
+                "the id is unknown, or its record was pruned."
+            )
+        return _result_of(record, self.alias)
 
     def check(self, **kwargs: Any) -> list[CheckMessage]:
         messages: list[CheckMessage] = [

@@ -1,18 +1,23 @@
-"""System checks (cloudtask.E000-E011, W001, W002): configuration mistakes caught at start-up."""
+"""System checks (cloudtask.E000-E012, W001, W002): configuration mistakes caught at start-up."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Warning
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.migrations.recorder import MigrationRecorder
 
 from . import registry
 from .conf import TRANSPORT_ALIASES, build_settings
 from .exceptions import ConfigurationError
 from .message import queue_id_error, task_id_error
+from .models import OutboxMessage
+from .outbox import outbox_aliases
 from .transports import load_transport_class
 from .transports.cloudtasks import CloudTasksTransport
 from .transports.emulator import EmulatorTransport
@@ -146,3 +151,60 @@ def check_deploy(
             id="cloudtask.W002",
         )
     ]
+
+
+#: Commands that make or inspect migrations: the outbox table may rightly be missing while they
+#: run, and Django runs every check before `migrate`, so E012 would block the command it asks for.
+_MIGRATION_COMMANDS = frozenset(
+    {
+        "migrate",
+        "makemigrations",
+        "showmigrations",
+        "sqlmigrate",
+        "squashmigrations",
+        "optimizemigration",
+    }
+)
+
+
+def check_outbox_table(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """cloudtask.E012: the outbox is on, but its table is missing on a database it writes to."""
+    try:
+        s = build_settings(getattr(django_settings, "CLOUDTASK", None))
+    except ConfigurationError:
+        return []  # check_settings reports it (cloudtask.E000, E011)
+    if not s.outbox or _running_migrations():
+        return []
+    table = OutboxMessage._meta.db_table
+    messages: list[CheckMessage] = []
+    for alias in outbox_aliases():
+        try:
+            tables = connections[alias].introspection.table_names()
+        except Exception:  # noqa: S112 - unreachable or refused: another check's business
+            continue
+        if MigrationRecorder.Migration._meta.db_table not in tables:
+            # Never migrated at all: every app's tables are missing, Django's own "unapplied
+            # migrations" notice says so, and the first migrate creates this one too.
+            continue
+        if table not in tables:
+            messages.append(
+                Error(
+                    f"The cloudtask outbox table is missing on database {alias!r}: run "
+                    f'"python manage.py migrate cloudtask{_database_option(alias)}".',
+                    hint='Or turn the transactional outbox off with CLOUDTASK["OUTBOX"] = False '
+                    "(on-commit calls are then sent at commit and lost if that send fails).",
+                    id="cloudtask.E012",
+                )
+            )
+    return messages
+
+
+def _database_option(alias: str) -> str:
+    return "" if alias == DEFAULT_DB_ALIAS else f" --database {alias}"
+
+
+def _running_migrations() -> bool:
+    """Whether this process is `manage.py migrate` (or another migration command)."""
+    return len(sys.argv) > 1 and sys.argv[1] in _MIGRATION_COMMANDS

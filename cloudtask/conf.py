@@ -50,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
     "OUTBOX_FLUSH_TIMEOUT": 1.0,
     "OUTBOX_RELAY_INTERVAL": 30.0,
     "OUTBOX_ALERT_AGE": 3600.0,
+    "RECORDS": True,
+    "RECORDS_RETENTION": 30,
+    "UNKNOWN_TASK_ATTEMPTS": 10,
 }
 
 EMULATOR_DEFAULTS: dict[str, Any] = {
@@ -98,6 +101,12 @@ class CloudTaskSettings:
     outbox_relay_interval: float
     #: A row older than this (seconds) is logged at ERROR each time it fails.
     outbox_alert_age: float
+    #: Keep an execution record per task id (idempotent delivery, get_result, dead letters).
+    records: bool
+    #: Days execution records and dead letters are kept (0: forever).
+    records_retention: int
+    #: Deliveries of a task no process registered before it is dead-lettered.
+    unknown_task_attempts: int
     #: Each secret encoded once, as HMAC keys (cloudtask.signing).
     secret_keys: tuple[bytes, ...] = field(repr=False, compare=False, default=())
 
@@ -141,6 +150,14 @@ def _seconds(raw: Mapping[str, Any], key: str, *, zero: bool = True) -> float:
             f'CLOUDTASK["{key}"] must be {kind} number of seconds, not {value!r}.'
         )
     return float(value)
+
+
+def _count(raw: Mapping[str, Any], key: str, *, zero: bool) -> int:
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if zero else 1):
+        kind = "a non-negative" if zero else "a positive"
+        raise ConfigurationError(f'CLOUDTASK["{key}"] must be {kind} integer, not {value!r}.')
+    return value
 
 
 def parse_deadline(value: object, where: str) -> timedelta | None:
@@ -255,6 +272,9 @@ def build_settings(user: object) -> CloudTaskSettings:
         outbox_flush_timeout=_seconds(raw, "OUTBOX_FLUSH_TIMEOUT", zero=False),
         outbox_relay_interval=_seconds(raw, "OUTBOX_RELAY_INTERVAL"),
         outbox_alert_age=_seconds(raw, "OUTBOX_ALERT_AGE", zero=False),
+        records=_bool(raw, "RECORDS"),
+        records_retention=_count(raw, "RECORDS_RETENTION", zero=True),
+        unknown_task_attempts=_count(raw, "UNKNOWN_TASK_ATTEMPTS", zero=False),
         secret_keys=tuple(s.encode() for s in secrets),
     )
 

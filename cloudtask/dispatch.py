@@ -45,14 +45,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db import transaction as django_transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from . import signals
+from . import records, signals
 from .conf import get_settings
 from .exceptions import ConfigurationError
 from .message import EnqueuedTask, TaskMessage
+from .models import TaskExecution
 from .transports import BaseTransport, get_transport
 
 __all__ = [
@@ -123,6 +125,12 @@ class TaskHandle:
     @property
     def done(self) -> bool:
         return self._done.is_set()
+
+    def get_result(self) -> TaskExecution | None:
+        """What became of the task so far, from its execution record (CLOUDTASK["RECORDS"]):
+        status, attempts, timestamps, return_value, errors. None until a delivery started."""
+        task_id = self.task_id
+        return records.lookup(task_id) if task_id else None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until sent, failed or dropped (an on-commit call settles at commit or
@@ -237,14 +245,26 @@ async def adispatch(
     on_commit: bool = False,
     using: str | None = None,
 ) -> TaskHandle:
-    """dispatch() for the event loop. An on-commit call made while a transaction is open (in
-    a sync_to_async block's thread) is deferred like dispatch() does; otherwise it is sent on
-    the transport's async path."""
+    """dispatch() for the event loop: sent on the transport's async path, or, for an on-commit
+    call made while a transaction is open, deferred like dispatch() does.
+
+    Django's connections belong to threads: the transaction, if any, is open in the sync thread
+    that awaits this coroutine (async_to_sync), not in the event loop's. The check and the
+    deferral run there, through a thread-sensitive sync_to_async hop (on-commit calls only).
+    """
     handle = TaskHandle(message, call=call, sender=sender)
-    if on_commit and _in_transaction(using or DEFAULT_DB_ALIAS):
-        _register(handle, using or DEFAULT_DB_ALIAS)
+    if on_commit and await sync_to_async(_defer_if_in_transaction, thread_sensitive=True)(
+        handle, using or DEFAULT_DB_ALIAS
+    ):
         return handle
     return await asend(handle)
+
+
+def _defer_if_in_transaction(handle: TaskHandle, alias: str) -> bool:
+    if not _in_transaction(alias):
+        return False
+    _register(handle, alias)
+    return True
 
 
 def send_batch(
@@ -329,9 +349,15 @@ class ConcurrentDispatcher(Dispatcher):
         the pool, and on_late(handle, error or None) is called from the pool when it does.
         """
         errors: list[tuple[TaskHandle, Exception]] = []
-        if getattr(_worker_state, "active", False) or (len(handles) == 1 and timeout is None):
-            # One call needs no pool. And a flush started from a pool thread (a task_enqueued
-            # receiver that commits its own transaction) must not wait on its own pool.
+        if (
+            getattr(_worker_state, "active", False)
+            or (len(handles) == 1 and timeout is None)
+            or get_transport().in_process
+        ):
+            # One call needs no pool; an in-process transport does no I/O worth overlapping and
+            # must run tasks on this thread's connection. And a flush started from a pool thread
+            # (a task_enqueued receiver that commits its own transaction) must not wait on its
+            # own pool.
             for handle in handles:
                 error = _send_one(handle)
                 if error is not None:

@@ -10,9 +10,21 @@ discarded   it raised Discard, or a model argument    200 (retrying cannot help)
 retry       it raised Retry(after=...)                503 + Retry-After
 failed      it raised, attempts remain                500 (Cloud Tasks retries)
 exhausted   it raised on its last allowed attempt     200 (max_attempts: stop retrying)
-rejected    the arguments do not decode or do not     400 (Cloud Tasks retries it, like
-            fit the function                          any status outside 2xx)
+rejected    the arguments do not fit the function     400 (Cloud Tasks retries it, like
+                                                      any status outside 2xx: a deploy may
+                                                      bring the matching code)
+undecodable the arguments can never decode           (endpoint) dead letter + 200 with records,
+                                                      else 400
+duplicate   (records) the task id already succeeded, was  200, the function is not run again
+            discarded or dead-lettered
+busy        (records) another delivery of the id is   503 + Retry-After: the lease's rest
+            running under a live lease
 =========== ========================================= ===================================
+
+With execution records on (CLOUDTASK["RECORDS"]), every delivery that carries a task id claims
+it first (cloudtask.records) and settles it after; "exhausted" also keeps a dead letter. A task
+declared ``atomic=True`` runs in a transaction that also writes its "succeeded" record, so its
+database effects and the record commit together or not at all.
 
 The signals task_started, task_succeeded and task_failed are sent from here and nowhere else.
 """
@@ -22,13 +34,17 @@ from __future__ import annotations
 import enum
 import inspect
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol
 
 from asgiref.sync import async_to_sync
+from django.db import transaction
 
-from . import signals
+from . import records, signals
+from .conf import get_settings
 from .exceptions import Discard, InvalidTaskRequest, ObjectDeleted, Retry
 from .request import CloudTaskRequest
 from .serialization import decode_arguments
@@ -53,11 +69,14 @@ class Outcome(enum.Enum):
     FAILED = "failed"
     EXHAUSTED = "exhausted"
     REJECTED = "rejected"
+    DUPLICATE = "duplicate"
+    BUSY = "busy"
+    UNDECODABLE = "undecodable"
 
 
 #: Outcomes after which Cloud Tasks will not try again (a rejected request is a 4xx, which Cloud
 #: Tasks retries like any other status outside 2xx).
-FINAL = frozenset({Outcome.SUCCEEDED, Outcome.DISCARDED, Outcome.EXHAUSTED})
+FINAL = frozenset({Outcome.SUCCEEDED, Outcome.DISCARDED, Outcome.EXHAUSTED, Outcome.DUPLICATE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +105,16 @@ class Runnable(Protocol):
 
     @property
     def max_attempts(self) -> int | None: ...
+
+    @property
+    def queue(self) -> str | None: ...
+
+    @property
+    def dispatch_deadline(self) -> timedelta | None: ...
+
+    @property
+    def atomic(self) -> bool:
+        """Run the function and its "succeeded" record in one database transaction."""
 
     def arguments_error(self, args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
         """Why these arguments do not fit the function, or None."""
@@ -161,13 +190,24 @@ def execute_encoded(
         args, kwargs = decode_arguments(raw_args, raw_kwargs)
     except InvalidTaskRequest as exc:
         logger.warning("Malformed arguments for task %s: %s", task.name, exc)
-        return Execution(Outcome.REJECTED, error=exc)
+        return Execution(Outcome.UNDECODABLE, error=exc)
     except ObjectDeleted as exc:
         # Retrying cannot bring a deleted row back.
         logger.warning("Task %s not run: %s", task.name, exc)
         signals.task_failed.send(sender=task, request=request, exception=exc, final=True)
         return Execution(Outcome.DISCARDED, error=exc)
     return execute(task, request, args, kwargs)
+
+
+def _claim(task: Runnable, request: CloudTaskRequest) -> records.Claim | None:
+    """The delivery's hold on its task id, with records on (None: run without records)."""
+    task_id = request.task_id
+    if request.is_local or not task_id or not records.enabled():
+        return None
+    lease = task.dispatch_deadline or get_settings().dispatch_deadline or records.DEFAULT_LEASE
+    return records.claim(
+        task_id, task.name, request.queue_name or task.queue or "", lease, eta=request.given_eta
+    )
 
 
 def execute(
@@ -180,17 +220,79 @@ def execute(
         logger.warning("%s", error)
         signals.task_failed.send(sender=task, request=request, exception=error, final=False)
         return Execution(Outcome.REJECTED, error=error)
+    held = _claim(task, request)
+    if held is not None and not held.run:
+        if held.busy_for is not None:
+            logger.info(
+                "Task %s (%s) is running elsewhere under a lease; asked to retry in %.0f s.",
+                task.name,
+                request.task_id,
+                held.busy_for,
+            )
+            return Execution(Outcome.BUSY, retry_after=held.busy_for)
+        logger.info(
+            "Duplicate delivery of task %s (%s), already %s: not run again.",
+            task.name,
+            request.task_id,
+            held.finished_status,
+        )
+        return Execution(Outcome.DUPLICATE)
     signals.task_started.send(sender=task, request=request, args=args, kwargs=kwargs)
+    started = time.monotonic()
     try:
-        value = task.invoke(request, args, kwargs)
+        if task.atomic:
+            with transaction.atomic(using=records.records_database()):
+                value = task.invoke(request, args, kwargs)
+                if held is not None:
+                    records.finish(
+                        held, SUCCEEDED, duration=time.monotonic() - started, value=value
+                    )
+        else:
+            value = task.invoke(request, args, kwargs)
     except (Discard, ObjectDeleted) as exc:
         logger.info("Task %s (%s) stopped for good: %r", task.name, request.task_id, exc)
+        if held is not None:
+            records.finish(held, DISCARDED, duration=time.monotonic() - started, error=exc)
         signals.task_failed.send(sender=task, request=request, exception=exc, final=True)
         return Execution(Outcome.DISCARDED, error=exc)
     except Exception as exc:
-        return _failed(task, request, exc)
+        execution = _failed(task, request, exc)
+        if held is not None:
+            _record_failure(task, request, held, execution, time.monotonic() - started)
+        return execution
+    if held is not None and not task.atomic:
+        records.finish(held, SUCCEEDED, duration=time.monotonic() - started, value=value)
     signals.task_succeeded.send(sender=task, request=request, result=value)
     return Execution(Outcome.SUCCEEDED, value=value)
+
+
+SUCCEEDED = "succeeded"
+DISCARDED = "discarded"
+
+
+def _record_failure(
+    task: Runnable,
+    request: CloudTaskRequest,
+    held: records.Claim,
+    execution: Execution,
+    duration: float,
+) -> None:
+    assert execution.error is not None
+    dead = execution.outcome is Outcome.EXHAUSTED
+    errors = records.finish(
+        held, "dead" if dead else "failed", duration=duration, error=execution.error
+    )
+    if dead:
+        records.dead_letter(
+            reason="exhausted",
+            task_id=request.task_id or "",
+            task_name=task.name,
+            queue=request.queue_name or task.queue or "",
+            body=request.request.body,
+            headers=dict(request.headers),
+            attempts=held.attempts,
+            errors=errors,
+        )
 
 
 def _failed(task: Runnable, request: CloudTaskRequest, exc: Exception) -> Execution:

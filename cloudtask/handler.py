@@ -20,9 +20,11 @@ from django.http import (
     HttpResponseForbidden,
     HttpResponseNotAllowed,
     HttpResponseNotFound,
+    JsonResponse,
 )
+from django.utils import timezone
 
-from . import registry
+from . import outbox, records, registry
 from .conf import CloudTaskSettings, get_settings
 from .exceptions import InvalidTaskRequest, UnknownTask
 from .executor import Execution, Outcome, execute_encoded
@@ -93,16 +95,65 @@ def handle(request: HttpRequest) -> HttpResponse:
         name, raw_args, raw_kwargs = parse_envelope(body)
     except InvalidTaskRequest as exc:
         logger.warning("Malformed task request: %s", exc)
-        return HttpResponseBadRequest("malformed task envelope")
+        return _undecodable(request, settings, "", exc, "malformed task envelope")
     try:
         task = registry.get(name)
     except UnknownTask as exc:
-        logger.warning("%s", exc)
-        return HttpResponseNotFound("unknown task")
+        return _unknown(request, settings, name, exc)
     execution = execute_encoded(
         task, CloudTaskRequest.from_http(request, task), raw_args, raw_kwargs
     )
+    if execution.outcome is Outcome.UNDECODABLE:
+        assert execution.error is not None
+        return _undecodable(request, settings, name, execution.error, "malformed task arguments")
     return respond(execution)
+
+
+def _dead_letter(
+    request: HttpRequest, reason: str, name: str, error: BaseException, attempts: int
+) -> None:
+    ct = CloudTaskRequest.from_http(request, None)
+    records.dead_letter(
+        reason=reason,
+        task_id=ct.task_id or "",
+        task_name=name,
+        queue=ct.queue_name or "",
+        body=request.body,
+        headers=dict(request.headers),
+        attempts=attempts,
+        errors=[records.error_entry(error, attempts, timezone.now())],
+    )
+
+
+def _undecodable(
+    request: HttpRequest,
+    settings: CloudTaskSettings,
+    name: str,
+    error: BaseException,
+    answer: str,
+) -> HttpResponse:
+    """An authenticated body that can never decode: retrying cannot help. With records on it is
+    dead-lettered and answered 2xx, so Cloud Tasks stops; without, a 400."""
+    if not settings.records:
+        return HttpResponseBadRequest(answer)
+    attempts = CloudTaskRequest.from_http(request, None).retry_count + 1
+    _dead_letter(request, "undecodable", name, error, attempts)
+    logger.error("Dead-lettered a task request whose body can never decode: %s", error)
+    return HttpResponse(f"{answer}; dead-lettered, not retried", content_type=_TEXT)
+
+
+def _unknown(
+    request: HttpRequest, settings: CloudTaskSettings, name: str, error: UnknownTask
+) -> HttpResponse:
+    """A task no process registered: 404 (a deploy may be rolling out the code that has it),
+    dead-lettered once CLOUDTASK["UNKNOWN_TASK_ATTEMPTS"] deliveries found nothing."""
+    attempts = CloudTaskRequest.from_http(request, None).retry_count + 1
+    if settings.records and attempts >= settings.unknown_task_attempts:
+        _dead_letter(request, "unknown_task", name, error, attempts)
+        logger.error("Dead-lettered task %r after %d deliveries: %s", name, attempts, error)
+        return HttpResponse("unknown task; dead-lettered, not retried", content_type=_TEXT)
+    logger.warning("%s", error)
+    return HttpResponseNotFound("unknown task")
 
 
 _TEXT = "text/plain"
@@ -115,10 +166,18 @@ def respond(execution: Execution) -> HttpResponse:
         return HttpResponse("ok", content_type=_TEXT)
     if outcome is Outcome.DISCARDED:
         return HttpResponse("discarded; not retried", content_type=_TEXT)
+    if outcome is Outcome.DUPLICATE:
+        return HttpResponse("duplicate delivery; already done, not run again", content_type=_TEXT)
     if outcome is Outcome.REJECTED:
         return HttpResponseBadRequest("task arguments do not match", content_type=_TEXT)
+    if outcome is Outcome.BUSY:
+        busy = HttpResponse("running elsewhere; try later", status=503, content_type=_TEXT)
+        busy["Retry-After"] = str(math.ceil(execution.retry_after or 1))
+        return busy
     if outcome is Outcome.EXHAUSTED:
         response = HttpResponse("failed for good; not retried", content_type=_TEXT)
+    elif outcome is Outcome.UNDECODABLE:
+        response = HttpResponseBadRequest("malformed task arguments", content_type=_TEXT)
     elif outcome is Outcome.RETRY:
         response = HttpResponse("retry", status=503, content_type=_TEXT)
         if execution.retry_after is not None:
@@ -129,3 +188,63 @@ def respond(execution: Execution) -> HttpResponse:
     # itself, to re-raise with its traceback. Never sent over HTTP.
     setattr(response, ERROR_ATTRIBUTE, execution.error)
     return response
+
+
+#: Rows one drain request sends at most per database, unless ?limit= says otherwise (at most
+#: outbox.BATCH): small enough that a pass finishes within Cloud Scheduler's attempt deadline
+#: (3 minutes by default) even when every send waits out its retries.
+DRAIN_LIMIT = 100
+
+
+def drain(request: HttpRequest) -> HttpResponse:
+    """The drain route: one relay pass, for a Cloud Scheduler job; authenticated exactly like a
+    task delivery (the body, whatever it is, must carry a valid signature when SECRET is set).
+
+    Rows that fail to send are not a server error: they back off and the next call retries
+    them, so the answer is 200 with the counts. 500 only when a database's outbox could not be
+    read at all (unreachable, or its table missing), so the job's run shows as failed.
+    """
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    settings = get_settings()
+    reason = authenticate(request, settings, request.body)
+    if reason is not None:
+        logger.warning(
+            "Refused outbox drain request from %s: %s.",
+            request.META.get("REMOTE_ADDR", "?"),
+            reason,
+        )
+        return HttpResponseForbidden("forbidden")
+    limit = _drain_limit(request.GET.get("limit"))
+    if limit is None:
+        return HttpResponseBadRequest(
+            f"limit must be a whole number from 1 to {outbox.BATCH}", content_type=_TEXT
+        )
+    result = outbox.relay(limit=limit)
+    if result.sent or result.failed or result.duplicates or result.skipped:
+        logger.info(
+            "Outbox drain: %d sent, %d failed, %d duplicates%s.",
+            result.sent,
+            result.failed,
+            result.duplicates,
+            f"; databases skipped: {result.skipped}" if result.skipped else "",
+        )
+    return JsonResponse(
+        {
+            "sent": result.sent,
+            "failed": result.failed,
+            "duplicates": result.duplicates,
+            "skipped": result.skipped,
+        },
+        status=500 if result.skipped else 200,
+    )
+
+
+def _drain_limit(raw: str | None) -> int | None:
+    if raw is None:
+        return DRAIN_LIMIT
+    try:
+        limit = int(raw)
+    except ValueError:
+        return None
+    return limit if 1 <= limit <= outbox.BATCH else None

@@ -53,3 +53,89 @@ class OutboxMessage(models.Model):
     def age(self, now: datetime) -> float:
         """Seconds since the row was written."""
         return (now - self.created_at).total_seconds()
+
+
+class TaskExecution(models.Model):
+    """What became of one Cloud Tasks task: one row per task id, written by the executor in
+    short transactions of its own (CLOUDTASK["RECORDS"]).
+
+    It makes delivery idempotent: a delivery of a task id that already succeeded (or was
+    discarded, or dead-lettered) is answered 2xx without running the function again, and a
+    delivery that arrives while the same id runs under a live lease is asked to come back later.
+    """
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        DISCARDED = "discarded"
+        DEAD = "dead"
+
+    #: Short Cloud Tasks task id.
+    task_id = models.CharField(max_length=500, unique=True)
+    #: Registered name of the task.
+    task_name = models.CharField(max_length=500, db_index=True)
+    queue = models.CharField(max_length=100, blank=True, default="")
+    status = models.CharField(max_length=16, choices=Status.choices, db_index=True)
+    #: The task's schedule time (X-CloudTasks-TaskETA): every delivery of one task carries the
+    #: same, so a finished record meeting another ETA is a new task that reuses the id (a named
+    #: task, once Cloud Tasks' dedup window let the name go), not a duplicate.
+    eta = models.DateTimeField(null=True, blank=True)
+    #: Attempts that started (deliveries that ran the function).
+    attempts = models.PositiveIntegerField(default=0)
+    first_started_at = models.DateTimeField(db_index=True)
+    last_started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    #: Seconds the last attempt ran.
+    duration = models.FloatField(null=True, blank=True)
+    #: While running: another delivery of this id before then is answered "come back later".
+    lease_until = models.DateTimeField(null=True, blank=True)
+    #: The function's return value, when JSON can hold it (else None and return_repr).
+    return_value = models.JSONField(null=True, blank=True)
+    return_repr = models.TextField(blank=True, default="")
+    #: The last failure.
+    error_type = models.CharField(max_length=500, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    #: Every failed attempt: {"attempt", "at", "exception_class", "message", "traceback"}.
+    errors = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        verbose_name = "task execution"
+        ordering = ("-last_started_at", "-pk")
+
+    def __str__(self) -> str:
+        return f"{self.task_name} ({self.task_id}): {self.status}"
+
+
+class DeadLetter(models.Model):
+    """A delivery that failed for good, kept with everything needed to look at it and replay it:
+    max_attempts reached, a signed body that can never decode, a task no process knows."""
+
+    class Reason(models.TextChoices):
+        EXHAUSTED = "exhausted", "max_attempts reached"
+        UNDECODABLE = "undecodable", "body can never decode"
+        UNKNOWN_TASK = "unknown_task", "no task registered under the name"
+
+    created_at = models.DateTimeField(db_index=True)
+    reason = models.CharField(max_length=16, choices=Reason.choices, db_index=True)
+    #: Short Cloud Tasks task id of the delivery.
+    task_id = models.CharField(max_length=500, db_index=True)
+    #: Registered name, when the body said one.
+    task_name = models.CharField(max_length=500, blank=True, default="", db_index=True)
+    queue = models.CharField(max_length=100, blank=True, default="")
+    #: The raw request: body and headers, exactly as delivered.
+    body = models.BinaryField()
+    headers = models.JSONField(default=dict)
+    attempts = models.PositiveIntegerField(default=0)
+    #: Every error known for it (the execution record's, plus the last one).
+    errors = models.JSONField(default=list, blank=True)
+    #: Set when an operator replayed it: the task id of the new task.
+    replayed_as = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        verbose_name = "dead letter"
+        ordering = ("-created_at", "-pk")
+
+    def __str__(self) -> str:
+        return f"{self.task_name or '?'} ({self.task_id}): {self.get_reason_display()}"

@@ -46,13 +46,15 @@ __all__ = [
     "message_of",
     "outbox_aliases",
     "relay",
+    "send_rows",
 ]
 
 logger = logging.getLogger("cloudtask.outbox")
 
 #: Backoff of a failing row: 2, 4, 8 ... seconds, at most this long, each with up to 25% jitter.
 MAX_BACKOFF = 300.0
-#: How long a relay owns the rows it claimed (another relay leaves them alone meanwhile).
+#: The shortest lease of a relay on the rows it claimed (another relay leaves them alone
+#: meanwhile); a pass of many rows gets longer (see _lease).
 LEASE = timedelta(minutes=2)
 #: Rows one relay pass claims at most.
 BATCH = 500
@@ -182,7 +184,9 @@ class OutboxDispatcher(ConcurrentDispatcher):
     """The default dispatcher: rows in the transaction, a bounded send after the commit."""
 
     def prepare(self, handle: TaskHandle, using: str) -> None:
-        if not get_settings().outbox:
+        if not get_settings().outbox or not router.allow_migrate_model(using, OutboxMessage):
+            # No outbox on a database the router keeps cloudtask's tables off: the call is
+            # sent after the commit without a row, as with CLOUDTASK["OUTBOX"] = False.
             return
         message = handle.message
         named = message.task_id is not None
@@ -288,28 +292,44 @@ def outbox_aliases() -> list[str]:
     return [alias for alias in connections if router.allow_migrate_model(alias, OutboxMessage)]
 
 
-def _claim(alias: str, now: datetime, limit: int) -> list[OutboxMessage]:
-    """Rows due now that no other relay holds, leased to this pass.
+def _claim(
+    alias: str, now: datetime, limit: int, pks: Sequence[int] | None = None
+) -> list[OutboxMessage]:
+    """Rows due now (or the rows pks, due or not) that no other relay holds, leased to this pass.
 
     PostgreSQL (and others with SKIP LOCKED) pick rows with SELECT ... FOR UPDATE SKIP LOCKED,
-    so two relays never wait for or pick the same row. Everywhere, the lease is taken by one
-    UPDATE that only matches rows whose lease is free: SQLite runs writes one at a time, so of
-    two relays that picked the same row only the first UPDATE takes it.
+    so two relays never wait for or pick the same row, then lease them. Elsewhere (SQLite) one
+    conditional UPDATE picks and leases at once: SQLite runs writes one at a time, so of two
+    relays only one takes a row; and a lone UPDATE waits for a busy database, where a
+    read-then-write transaction would fail at once with "database is locked".
     """
     owner = uuid.uuid4().hex
     free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
-    due = OutboxMessage.objects.using(alias).filter(free, next_attempt_at__lte=now)
-    with transaction.atomic(using=alias):
-        candidates = due.order_by("next_attempt_at", "pk")
-        if connections[alias].features.has_select_for_update_skip_locked:
-            candidates = candidates.select_for_update(skip_locked=True)
-        ids = list(candidates.values_list("pk", flat=True)[:limit])
-        if not ids:
+    rows = OutboxMessage.objects.using(alias).filter(free)
+    due = rows.filter(pk__in=pks) if pks is not None else rows.filter(next_attempt_at__lte=now)
+    candidates = due.order_by("next_attempt_at", "pk")
+    lease = {"lease_until": now + _lease(limit), "lease_owner": owner}
+    if connections[alias].features.has_select_for_update_skip_locked:
+        with transaction.atomic(using=alias):
+            ids = list(
+                candidates.select_for_update(skip_locked=True).values_list("pk", flat=True)[:limit]
+            )
+            if not ids:
+                return []
+            OutboxMessage.objects.using(alias).filter(pk__in=ids).update(**lease)
+    else:
+        picked = candidates.values("pk")[:limit]
+        if not OutboxMessage.objects.using(alias).filter(free, pk__in=picked).update(**lease):
             return []
-        OutboxMessage.objects.using(alias).filter(free, pk__in=ids).update(
-            lease_until=now + LEASE, lease_owner=owner
-        )
-    return list(OutboxMessage.objects.using(alias).filter(lease_owner=owner, pk__in=ids))
+    return list(OutboxMessage.objects.using(alias).filter(lease_owner=owner))
+
+
+def _lease(limit: int) -> timedelta:
+    """Long enough for a pass of limit rows when every send waits out its timeout and retries,
+    so another relay never takes a row this one is still sending."""
+    s = get_settings()
+    waves = -(-limit // max(1, s.on_commit_workers))
+    return max(LEASE, timedelta(seconds=waves * (s.client_timeout + s.enqueue_retry_deadline) + 60))
 
 
 def relay(*, limit: int = BATCH, aliases: Sequence[str] | None = None) -> RelayResult:
@@ -323,16 +343,17 @@ def relay(*, limit: int = BATCH, aliases: Sequence[str] | None = None) -> RelayR
     return result
 
 
-def _relay_alias(alias: str, limit: int) -> RelayResult:
+def _relay_alias(alias: str, limit: int, pks: Sequence[int] | None = None) -> RelayResult:
     result = RelayResult()
     now = timezone.now()
-    rows = _claim(alias, now, limit)
+    rows = _claim(alias, now, limit, pks)
     if not rows:
         return result
     handles = [TaskHandle(message_of(row), sender=_sender(row.task_name)) for row in rows]
     by_handle = {id(h): row for h, row in zip(handles, rows, strict=True)}
     failures = dict((id(handle), error) for handle, error in _relay_dispatcher.send_all(handles))
     done: list[int] = []
+    failed: list[tuple[OutboxMessage, Exception]] = []
     for handle in handles:
         row = by_handle[id(handle)]
         error = failures.get(id(handle))
@@ -351,9 +372,13 @@ def _relay_alias(alias: str, limit: int) -> RelayResult:
             )
             report_failure(handle, error)
         else:
-            result.failed += 1
-            _record_failure(alias, row.pk, error, timezone.now())
+            failed.append((row, error))
+    # Sent rows go first: a database error while recording a failure must not leave them to
+    # be sent again.
     _delete(alias, done)
+    for row, error in failed:
+        result.failed += 1
+        _record_failure(alias, row.pk, error, timezone.now())
     return result
 
 
@@ -399,3 +424,10 @@ def _background_relay() -> None:
         logger.exception("The background outbox relay failed.")
     finally:
         connections.close_all()
+
+
+def send_rows(alias: str, pks: Iterable[int]) -> RelayResult:
+    """Send these rows now, due or not (the admin's "Send now"), exactly as the relay does; a row
+    another relay holds at the moment is left to it."""
+    ids = list(pks)
+    return _relay_alias(alias, len(ids), ids) if ids else RelayResult()

@@ -96,13 +96,18 @@ class CloudTaskRequest:
     @cached_property
     def eta(self) -> datetime:
         """When the task was scheduled to run (aware, UTC; now if Cloud Tasks did not say)."""
+        return self.given_eta or datetime.now(UTC)
+
+    @cached_property
+    def given_eta(self) -> datetime | None:
+        """The X-CloudTasks-TaskETA header as an aware datetime; None when absent or invalid."""
         raw = self.request.META.get("HTTP_X_CLOUDTASKS_TASKETA")
         if raw:
             try:
                 return datetime.fromtimestamp(float(raw), UTC)
             except (ValueError, OverflowError, OSError):
                 pass
-        return datetime.now(UTC)
+        return None
 
     @cached_property
     def previous_response(self) -> int | None:

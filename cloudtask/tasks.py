@@ -20,13 +20,14 @@ from typing import (
     overload,
 )
 
+from django.db import DEFAULT_DB_ALIAS
 from django.dispatch import Signal
 from django.http import HttpRequest
 
 from . import registry
 from .bindings import BindingOptions, bind
 from .conf import get_settings, parse_deadline
-from .dispatch import TaskHandle, adispatch, dispatch, send_batch
+from .dispatch import TaskHandle, adispatch, call_in_transaction, dispatch, send_batch
 from .encoding import encode_message
 from .exceptions import ConfigurationError, InvalidTaskCall, TaskRegistrationError
 from .executor import ArgumentCheck, Outcome, execute, run_coroutine
@@ -98,6 +99,7 @@ class Task(Generic[P, R]):
         dispatch_deadline: timedelta | float | None = None,
         headers: Mapping[str, str] | None = None,
         max_attempts: int | None = None,
+        atomic: bool = False,
         on_commit: bool = False,
         using: str | None = None,
     ) -> None:
@@ -169,6 +171,10 @@ class Task(Generic[P, R]):
         self.named = named
         self.headers = clean_headers
         self.max_attempts = max_attempts
+        if not isinstance(atomic, bool):
+            raise TaskRegistrationError(f"{where}: atomic= must be True or False, not {atomic!r}.")
+        #: Run the function and its "succeeded" execution record in one transaction.
+        self.atomic = atomic
         self.on_commit = on_commit
         self.using = using
         functools.update_wrapper(self, func)
@@ -383,17 +389,19 @@ def send_many(
     """Send many task calls concurrently (on the dispatch pool); their handles, in order.
 
     Every call is encoded first, so an argument that will not serialize fails before anything
-    is sent. A call of an on-commit task waits for the commit like its .delay() does; the others
-    are sent at once, concurrently. Every call is attempted; unless ``return_failures``, the
-    first failure is raised once all have settled (each handle says sent or failed).
+    is sent. A call of an on-commit task made in a transaction waits for the commit like its
+    .delay() does; the others are sent at once, concurrently. Every call is attempted; unless
+    ``return_failures``, the first failure is raised once all have settled (each handle says
+    sent or failed).
     """
     calls = list(calls)
     messages = [call.encode() for call in calls]
     handles: list[TaskHandle | None] = [None] * len(calls)
     now: list[int] = []
     for index, (call, message) in enumerate(zip(calls, messages, strict=True)):
-        if call.task.on_commit:
-            handles[index] = call._send(message)
+        task = call.task
+        if task.on_commit and call_in_transaction(task.using or DEFAULT_DB_ALIAS):
+            handles[index] = call._send(message)  # deferred: sent when the transaction commits
         else:
             now.append(index)
     sent = send_batch(
@@ -401,7 +409,7 @@ def send_many(
     )
     for index, handle in zip(now, sent, strict=True):
         handles[index] = handle
-    return [handle for handle in handles if handle is not None]
+    return cast(list[TaskHandle], handles)
 
 
 class TaskOptions(TypedDict, total=False):
@@ -414,6 +422,7 @@ class TaskOptions(TypedDict, total=False):
     dispatch_deadline: timedelta | float | None
     headers: Mapping[str, str] | None
     max_attempts: int | None
+    atomic: bool
     using: str | None
 
 

@@ -2,10 +2,11 @@
 
 from django.urls import path
 
-from .views import task_endpoint
+from . import views
 
 app_name = "cloudtask"
 
 urlpatterns = [
-    path("", task_endpoint, name="endpoint"),
+    path("", views.task_endpoint, name="endpoint"),
+    path("outbox/drain/", views.outbox_drain, name="outbox-drain"),
 ]

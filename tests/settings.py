@@ -9,13 +9,34 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 
 INSTALLED_APPS = [
+    "django.contrib.admin",
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    "django.contrib.sessions",
+    "django.contrib.messages",
     "cloudtask",
     "tests",
 ]
 
-MIDDLEWARE: list[str] = []
+# What Django's admin needs (the outbox's admin page is tested through it).
+MIDDLEWARE: list[str] = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
 ROOT_URLCONF = "tests.urls"
 # pytest-django's live_server wraps the app in a static-files handler that needs a STATIC_URL.
 STATIC_URL = "static/"
@@ -68,6 +89,9 @@ CLOUDTASK = {
     "URL": "http://testserver/_tasks/",
     "QUEUE": "default",
     "SECRET": "test-secret",
+    # No background relay threads racing the tests' own database work; the relay's tests run
+    # it explicitly (and tests/outbox turns the opportunistic one on where it is the subject).
+    "OUTBOX_RELAY_INTERVAL": 0,
 }
 
 # Django's tasks framework (django.tasks, or the django-tasks backport on Django 5.2) on

@@ -141,3 +141,81 @@ def raises_type_error(request: CloudTaskRequest) -> None:
 async def async_add(request: CloudTaskRequest, a: int, b: int) -> int:
     record("async_add", request, a=a, b=b)
     return a + b
+
+
+# -- execution records, idempotent delivery, dead letters (tests/records) --
+
+#: Opened by a test to let a records_blocking run finish.
+RECORDS_GATE = threading.Event()
+
+
+def record_delivery(label: str, request: CloudTaskRequest, **values: Any) -> None:
+    """record(), plus the raw body, so a test can replay the very request that was delivered."""
+    record(label, request, task_id=request.task_id, body=request.body, **values)
+
+
+@task
+def records_returns(request: CloudTaskRequest, kind: str) -> Any:
+    """Returns a value JSON can hold ("json") or one it cannot ("timedelta")."""
+    record_delivery("records_returns", request, kind=kind)
+    if kind == "timedelta":
+        return timedelta(seconds=90)
+    return {"kind": kind, "items": [1, 2, 3]}
+
+
+@task
+def records_fails_twice(request: CloudTaskRequest, key: str) -> str:
+    """Fails with ValueError, then KeyError, then succeeds."""
+    record_delivery("records_fails_twice", request, key=key)
+    if request.retry_count == 0:
+        raise ValueError(f"{key}: first attempt")
+    if request.retry_count == 1:
+        raise KeyError(f"{key}: second attempt")
+    return "third time lucky"
+
+
+@task(dispatch_deadline=15)
+def records_ping(request: CloudTaskRequest, key: str) -> str:
+    """Runs once per delivery; its 15 s deadline (Cloud Tasks' minimum) is its lease."""
+    record_delivery("records_ping", request, key=key)
+    return key
+
+
+@task(dispatch_deadline=15)
+def records_blocking(request: CloudTaskRequest, key: str) -> str:
+    """Holds its delivery open until RECORDS_GATE opens (at most 30 s)."""
+    record_delivery("records_blocking", request, key=key)
+    RECORDS_GATE.wait(timeout=30)
+    return key
+
+
+@task(max_attempts=3)
+def records_dead_end(request: CloudTaskRequest, key: str) -> None:
+    record_delivery("records_dead_end", request, key=key)
+    raise RuntimeError(f"{key}: attempt {request.retry_count + 1} failed")
+
+
+@task(atomic=True, dispatch_deadline=15)
+def records_atomic_write(request: CloudTaskRequest, key: str) -> str:
+    """Writes a TaskRecord in the transaction that records its success."""
+    record_delivery("records_atomic_write", request, key=key)
+    TaskRecord.objects.create(label=key)
+    return key
+
+
+@task(dispatch_deadline=15)
+def records_plain_write(request: CloudTaskRequest, key: str) -> str:
+    """Writes a TaskRecord in autocommit: kept even if the success record is never written."""
+    record_delivery("records_plain_write", request, key=key)
+    TaskRecord.objects.create(label=key)
+    return key
+
+
+@task(atomic=True, dispatch_deadline=15)
+def records_atomic_slow(request: CloudTaskRequest, key: str) -> str:
+    """atomic=True; its first attempt waits for RECORDS_GATE (at most 30 s) before writing."""
+    record_delivery("records_atomic_slow", request, key=key)
+    if request.retry_count == 0:
+        RECORDS_GATE.wait(timeout=30)
+    TaskRecord.objects.create(label=key)
+    return key

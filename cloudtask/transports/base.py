@@ -25,6 +25,10 @@ class BaseTransport(abc.ABC):
     supports_named: bool = True
     #: aenqueue() awaits the network natively (False: enqueue() runs in a worker thread).
     supports_async: bool = False
+    #: enqueue() delivers in this process, in the caller's thread (immediate, capture): the
+    #: dispatch layer then sends a commit's calls one by one in the committing thread, so the
+    #: task sees that thread's database connection, and never leaves one behind a time bound.
+    in_process: bool = False
 
     def __init__(self, settings: CloudTaskSettings) -> None:
         self.settings = settings

@@ -223,6 +223,7 @@ class CaptureTransport(BaseTransport):
     or within ``outbox`` when none is open.
     """
 
+    in_process = True
     #: Its dotted path (CLOUDTASK["TRANSPORT"] = "capture" names it too).
     path = "cloudtask.transports.capture.CaptureTransport"
 

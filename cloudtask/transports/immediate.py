@@ -25,6 +25,7 @@ class ImmediateTransport(BaseTransport):
     """
 
     supports_schedule = False
+    in_process = True
 
     def __init__(self, settings: CloudTaskSettings) -> None:
         super().__init__(settings)

@@ -14,6 +14,7 @@ from django.test import TestCase
 from django.utils import timezone
 
 from cloudtask import TaskAlreadyExists
+from cloudtask.models import TaskExecution
 from cloudtask.testing import capture_tasks, send_on_commit_tasks
 
 from . import services
@@ -83,6 +84,13 @@ class PaymentTests(TestCase):
         log = TaskLog.objects.get(task=order_status_changed.name)
         self.assertIn("new -> paid", log.detail)
 
+        # cloudtask's execution record of the payment's task id holds both attempts.
+        record = TaskExecution.objects.get(task_name=charge_payment.name)
+        self.assertEqual((record.status, record.attempts), ("succeeded", 2))
+        self.assertEqual(
+            [e["exception_class"] for e in record.errors], ["shop.tasks.PaymentGatewayTimeout"]
+        )
+
     def test_saving_without_a_status_change_sends_nothing(self) -> None:
         order = Order.objects.create(customer="Ken", total=Decimal("3.00"))
         with capture_tasks() as outbox, send_on_commit_tasks():
@@ -137,6 +145,18 @@ class PageTests(TestCase):
                 (charge_payment.name, "retrying"),
             },
         )
+
+        # The recent executions, from cloudtask's records: one row per task id.
+        self.assertEqual(
+            {(row["task"], row["status"], row["attempts"]) for row in state["executions"]},
+            {
+                (send_confirmation.name, "succeeded", 1),
+                (charge_payment.name, "failed", 1),  # waiting for Cloud Tasks' retry
+            },
+        )
+        (failed,) = [row for row in state["executions"] if row["status"] == "failed"]
+        self.assertEqual(failed["error"], "PaymentGatewayTimeout")
+        self.assertContains(page, 'id="executions"')
 
         changed = self.client.post(f"/orders/{order['id']}/status/", {"status": "cancelled"})
         self.assertEqual(changed.status_code, 200)

@@ -1,7 +1,7 @@
 """The one page of the sample shop, its JSON state and the buttons' POST endpoints.
 
-Every button is a fetch() POST answering JSON; the page polls /api/state/ to show the orders and
-the task log change as the emulator delivers tasks.
+Every button is a fetch() POST answering JSON; the page polls /api/state/ to show the orders,
+the task log and cloudtask's execution records change as the emulator delivers tasks.
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from cloudtask import TaskAlreadyExists
+from cloudtask.models import TaskExecution
 
 from . import services
 from .models import Order, TaskLog
 
+#: Execution records the page shows, newest first.
+RECENT_EXECUTIONS = 20
 CUSTOMERS = ["Ada", "Grace", "Linus", "Margaret", "Guido", "Barbara", "Ken", "Frances"]
 
 
@@ -50,6 +53,19 @@ def _log_json(row: TaskLog) -> dict[str, Any]:
     }
 
 
+def _execution_json(row: TaskExecution) -> dict[str, Any]:
+    """One task id as cloudtask's execution record tells it (CLOUDTASK["RECORDS"])."""
+    return {
+        "task": row.task_name,
+        "task_id": row.task_id,
+        "status": row.status,
+        "attempts": row.attempts,
+        "when": row.last_started_at.isoformat(),
+        "duration_ms": None if row.duration is None else round(row.duration * 1000, 1),
+        "error": row.error_type.rsplit(".", 1)[-1] if row.error_type else "",
+    }
+
+
 @require_GET
 def index(request: HttpRequest) -> HttpResponse:
     return render(request, "shop/index.html", {"statuses": Order.Status.choices})
@@ -59,7 +75,15 @@ def index(request: HttpRequest) -> HttpResponse:
 def state(request: HttpRequest) -> JsonResponse:
     orders = [_order_json(o) for o in Order.objects.all()[:50]]
     log = [_log_json(row) for row in TaskLog.objects.all()[:100]]
-    return JsonResponse({"orders": orders, "log": log, "now": timezone.now().isoformat()})
+    executions = [_execution_json(row) for row in TaskExecution.objects.all()[:RECENT_EXECUTIONS]]
+    return JsonResponse(
+        {
+            "orders": orders,
+            "log": log,
+            "executions": executions,
+            "now": timezone.now().isoformat(),
+        }
+    )
 
 
 @require_POST

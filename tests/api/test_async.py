@@ -11,11 +11,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
+from django.db import transaction
 from django.utils.timezone import now
 
 from bench.delayline import DelayLine
-from cloudtask import CloudTaskRequest, Discard, TaskAlreadyExists, TaskHandle, task
+from cloudtask import (
+    CloudTaskRequest,
+    Discard,
+    TaskAlreadyExists,
+    TaskHandle,
+    on_commit_task,
+    task,
+)
 from tests.models import TaskRecord
 from tests.tasks import add, once_per_args, record
 
@@ -65,6 +73,11 @@ def dispatches(emulator: Any, *task_ids: str | None) -> list[Any] | None:
 def statuses(emulator: Any, *task_ids: str | None) -> list[int | None] | None:
     found = dispatches(emulator, *task_ids)
     return [d.status for d in found] if found is not None else None
+
+
+@on_commit_task(name="api.async_at_commit")
+def at_commit(request: CloudTaskRequest, key: str) -> None:
+    record("at_commit", request, key=key)
 
 
 # -- adelay() and aschedule() through the emulator -------------------------------------------
@@ -141,6 +154,32 @@ def test_adelay_on_a_transport_without_async_support(runs: Any) -> None:
     assert handle.state == "sent"
     (run,) = runs.of("add")
     assert (run["a"], run["b"]) == (4, 5)
+
+
+def test_adelay_of_an_on_commit_task_from_async_code_is_sent_at_once(
+    via_emulator: Any, runs: Any
+) -> None:
+    handle = asyncio.run(at_commit("now").adelay())
+
+    assert handle.state == "sent"
+    (run,) = runs.wait("at_commit")
+    assert run["task_name"] == handle.task_id
+
+
+def test_adelay_of_an_on_commit_task_from_sync_code_in_a_transaction_waits_for_the_commit(
+    via_emulator: Any, runs: Any
+) -> None:
+    async def helper() -> TaskHandle:  # async code a sync view calls through async_to_sync
+        return await at_commit("later").adelay()
+
+    with transaction.atomic():
+        handle = async_to_sync(helper)()
+        assert not handle.done, f"sent before the commit: {handle!r}"
+
+    assert handle.wait(15)
+    assert handle.state == "sent"
+    (run,) = runs.wait("at_commit")
+    assert run["key"] == "later"
 
 
 # -- adelay() does not block the event loop ---------------------------------------------------

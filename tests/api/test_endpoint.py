@@ -13,6 +13,7 @@ from django.test import Client
 
 from cloudtask import signals
 from cloudtask.conf import get_settings
+from cloudtask.models import DeadLetter
 from cloudtask.signing import sign
 from tests.models import Order
 from tests.tasks import add, always_fails, discard_me, echo, fails_once, retry_me, touch_order
@@ -185,24 +186,53 @@ def test_the_endpoint_never_imports_what_a_request_names(client: Client) -> None
     assert "antigravity" not in sys.modules
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"not json",
-        b"[1, 2]",
-        b'{"v": 2, "task": "tests.tasks.add", "args": [], "kwargs": {}}',
-        b'{"v": 1, "task": "tests.tasks.add", "args": {}, "kwargs": {}}',
-        b'{"v": 1, "task": "tests.tasks.add", "args": [{"__ct__": "nope", "v": 1}], "kwargs": {}}',
-        b'{"v": 1, "task": "tests.tasks.add", "args": [{"__ct__": "decimal", "v": "x"}], '
-        b'"kwargs": {}}',
-        b'{"v": 1, "task": "tests.tasks.add", "args": [], "kwargs": {"c": 1}}',
-        b'{"v": 1, "task": "tests.tasks.add", "args": [1, 2, 3], "kwargs": {}}',
-    ],
-    ids=["not-json", "not-object", "version", "args-type", "tag", "decimal", "kwarg", "arity"],
-)
-def test_malformed_requests_are_400_and_run_nothing(client: Client, body: bytes, runs: Any) -> None:
+UNDECODABLE = [
+    b"not json",
+    b"[1, 2]",
+    b'{"v": 2, "task": "tests.tasks.add", "args": [], "kwargs": {}}',
+    b'{"v": 1, "task": "tests.tasks.add", "args": {}, "kwargs": {}}',
+    b'{"v": 1, "task": "tests.tasks.add", "args": [{"__ct__": "nope", "v": 1}], "kwargs": {}}',
+    b'{"v": 1, "task": "tests.tasks.add", "args": [{"__ct__": "decimal", "v": "x"}], "kwargs": {}}',
+]
+UNDECODABLE_IDS = ["not-json", "not-object", "version", "args-type", "tag", "decimal"]
+MISMATCHED = [
+    b'{"v": 1, "task": "tests.tasks.add", "args": [], "kwargs": {"c": 1}}',
+    b'{"v": 1, "task": "tests.tasks.add", "args": [1, 2, 3], "kwargs": {}}',
+]
+
+
+@pytest.mark.parametrize("body", UNDECODABLE, ids=UNDECODABLE_IDS)
+def test_a_signed_body_that_can_never_decode_is_dead_lettered_and_not_retried(
+    client: Client, body: bytes, runs: Any
+) -> None:
+    response = post(client, body)
+    # 2xx: retrying a body that can never decode cannot help; Cloud Tasks stops.
+    assert response.status_code == 200
+    assert b"dead-lettered" in response.content
+    assert runs.of("add") == []
+    (letter,) = DeadLetter.objects.all()
+    assert (letter.reason, bytes(letter.body)) == ("undecodable", body)
+    assert letter.errors[0]["exception_class"] == "cloudtask.exceptions.InvalidTaskRequest"
+
+
+@pytest.mark.parametrize("body", UNDECODABLE + MISMATCHED)
+def test_without_records_malformed_requests_are_400_and_run_nothing(
+    client: Client, body: bytes, runs: Any, settings: Any
+) -> None:
+    settings.CLOUDTASK = {**BASE, "RECORDS": False}
     assert post(client, body).status_code == 400
     assert runs.of("add") == []
+    assert not DeadLetter.objects.exists()
+
+
+@pytest.mark.parametrize("body", MISMATCHED, ids=["kwarg", "arity"])
+def test_arguments_that_do_not_fit_are_400_and_retried(
+    client: Client, body: bytes, runs: Any
+) -> None:
+    # A deploy may bring the code these arguments were sent for: not dead-lettered.
+    assert post(client, body).status_code == 400
+    assert runs.of("add") == []
+    assert not DeadLetter.objects.exists()
 
 
 def test_malformed_unsigned_request_is_403_not_400(client: Client) -> None:

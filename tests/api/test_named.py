@@ -185,3 +185,18 @@ def test_other_api_errors_are_enqueue_errors(via_emulator: Any) -> None:
         add(a=1, b=1).delay()
     assert caught.value.__cause__ is fault
     assert type(caught.value) is EnqueueError
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_named_task_runs_again_once_cloud_tasks_lets_its_name_go(
+    settings: Any, runs: Any
+) -> None:
+    # Execution records keep the id's "succeeded"; a later task reusing the name (Cloud Tasks
+    # frees it after its dedup window, here 0 s) is a new task with a new ETA, not a duplicate.
+    settings.CLOUDTASK = {**settings.CLOUDTASK, "EMULATOR": {"DEDUP_WINDOW": 0}}
+    first = clean_expired().delay()
+    second = clean_expired().delay()
+    assert first.task_id == second.task_id
+    assert len(runs.of("clean_expired")) == 2
+    record = second.get_result()
+    assert record is not None and (record.status, record.attempts) == ("succeeded", 1)

@@ -7,14 +7,29 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.db import transaction
 
-from cloudtask import InvalidTaskCall, TaskAlreadyExists, TaskCall, TaskHandle, send_many
+from cloudtask import (
+    ARGS_HASH,
+    CloudTaskRequest,
+    InvalidTaskCall,
+    TaskAlreadyExists,
+    TaskCall,
+    TaskHandle,
+    send_many,
+    task,
+)
 from cloudtask.signals import task_enqueued
-from tests.tasks import add, echo, once_per_args
+from tests.tasks import add, echo, once_per_args, record
 
 from .conftest import Waiter
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@task(name="api.send_many_at_commit", on_commit=True, named=ARGS_HASH)
+def at_commit(request: CloudTaskRequest, key: str) -> None:
+    record("at_commit", request, key=key)
 
 
 @pytest.fixture
@@ -107,3 +122,41 @@ def test_on_the_immediate_transport_each_call_runs(runs: Any) -> None:
 
     assert [h.state for h in handles] == ["sent"] * 5
     assert sorted(run["a"] for run in runs.of("add")) == list(range(5))
+
+
+def test_an_on_commit_task_waits_for_the_commit_the_others_do_not(
+    via_emulator: Any, runs: Any
+) -> None:
+    key = uuid.uuid4().hex
+    with transaction.atomic():
+        handles = send_many([add(a=1), at_commit(key), add(a=2)])
+        assert [h.state for h in handles] == ["sent", "pending", "sent"]
+
+    assert handles[1].wait(15)
+    assert handles[1].state == "sent"
+    (run,) = runs.wait("at_commit")
+    assert (run["key"], run["task_name"]) == (key, handles[1].task_id)
+
+
+def test_an_on_commit_task_rolled_back_is_not_sent(via_emulator: Any, runs: Any) -> None:
+    with pytest.raises(RuntimeError), transaction.atomic():
+        handles = send_many([at_commit(uuid.uuid4().hex), add(a=3)])
+        raise RuntimeError("roll back")
+
+    assert [h.state for h in handles] == ["dropped", "sent"]
+    (run,) = runs.wait("add")
+    assert run["a"] == 3
+
+
+def test_return_failures_covers_an_on_commit_call_sent_at_once(
+    via_emulator: Any, runs: Any
+) -> None:
+    # No transaction is open, so the on-commit call is sent now, like the others.
+    taken = at_commit(uuid.uuid4().hex)
+    taken.delay()
+    runs.wait("at_commit")
+
+    handles = send_many([add(a=1), taken, add(a=2)], return_failures=True)
+
+    assert [h.state for h in handles] == ["sent", "failed", "sent"]
+    assert isinstance(handles[1].error, TaskAlreadyExists)

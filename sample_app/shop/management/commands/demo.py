@@ -19,6 +19,7 @@ from enum import Enum
 from typing import Any
 
 from django.conf import settings
+from django.contrib.staticfiles.handlers import StaticFilesHandler
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
@@ -28,6 +29,7 @@ from django.test.utils import override_settings
 from django.utils import timezone
 
 from cloudtask import TaskAlreadyExists, signals
+from cloudtask.models import TaskExecution
 from cloudtask.transports import get_transport
 
 from ... import services
@@ -158,7 +160,8 @@ class SampleServer:
         handler = type("Handler", (_DeliveryLoggingHandler,), {"timeline": timeline})
         self.host = host
         self.httpd = ThreadedWSGIServer((host, port), handler, allow_reuse_address=False)
-        self.httpd.set_app(WSGIHandler())
+        # Static files too (the admin's), as runserver serves them.
+        self.httpd.set_app(StaticFilesHandler(WSGIHandler()))
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
@@ -261,7 +264,7 @@ class Command(BaseCommand):
         server.start()
         try:
             with tasks_delivered_to(f"{server.url}_tasks/", emulator_log=serve):
-                queue = create_queue(settings.CLOUDTASK["QUEUE"])
+                queue = create_queue(str(settings.CLOUDTASK["QUEUE"]))
                 emulator = embedded_emulator()
                 if serve:
                     self.serve(server, emulator, queue)
@@ -303,6 +306,8 @@ class Scenario:
         self.lock = threading.Lock()
         #: Rows logged before this run (an earlier demo on the same database) are left out.
         self.started = timezone.now()
+        #: The handle of step 1's charge_payment call, read again in step 2.
+        self.payment: Any = None
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -357,7 +362,7 @@ class Scenario:
         with transaction.atomic():
             order = Order.objects.create(customer="Ada", total=Decimal("42.00"))
             confirmation = send_confirmation(order).delay()
-            payment = charge_payment(order).delay_on_commit()
+            payment = self.payment = charge_payment(order).delay_on_commit()
             t.say(f"created order #{order.pk} inside atomic(); nothing sent yet")
             t.expect(
                 confirmation.state == "pending" and payment.state == "pending",
@@ -405,6 +410,22 @@ class Scenario:
         )
         order.refresh_from_db()
         t.expect(order.status == Order.Status.PAID, f"order #{order.pk} is now paid")
+        # cloudtask's own execution record of the task id: both attempts in one row.
+        t.wait_for(
+            lambda: _status(self.payment.get_result()) == TaskExecution.Status.SUCCEEDED,
+            "its execution record (handle.get_result()) says succeeded",
+            self.timeout,
+        )
+        record = self.payment.get_result()
+        errors = [e["exception_class"].rsplit(".", 1)[-1] for e in record.errors]
+        t.say(
+            f"execution record of task {record.task_id}: {record.status}, "
+            f"{record.attempts} attempts, errors {errors}, returned {record.return_value!r}"
+        )
+        t.expect(
+            record.attempts == 2 and errors == ["PaymentGatewayTimeout"],
+            "one record for the task id: 2 attempts, the first one's PaymentGatewayTimeout kept",
+        )
 
     def status_binding(self, order: Order) -> None:
         t = self.t
@@ -464,6 +485,22 @@ class Scenario:
             t.expect(True, "the duplicate name was refused")
         else:
             t.expect(False, "the duplicate name was refused")
+        earlier = TaskExecution.objects.filter(
+            task_id=first.id, first_started_at__lt=self.started
+        ).first()
+        if earlier is not None:
+            # This emulator is new and forgot the name, but cloudtask's execution record of the
+            # task id (an earlier demo on this database, today) says it already succeeded.
+            t.say(
+                f"an earlier run on this database already ran task {first.id} "
+                f"({earlier.status}); its execution record makes this delivery a duplicate"
+            )
+            self.idle()
+            t.expect(
+                not self.log_rows(rebuild_daily_report),
+                "the delivery was answered 200 without running the report a second time today",
+            )
+            return
         t.wait_for(
             lambda: len(self.log_rows(rebuild_daily_report)) == 1,
             "the report task ran exactly once",
@@ -507,6 +544,27 @@ class Scenario:
                 f"{row.duration_ms:7.1f} ms  via {row.delivered:<6} {row.detail}",
                 mark="|",
             )
+        t.say('execution records (the page\'s "Recent executions"; the admin lists them too):')
+        executions = TaskExecution.objects.filter(first_started_at__gte=self.started).order_by(
+            "first_started_at", "pk"
+        )
+        for record in executions:
+            duration = f"{record.duration * 1000:7.1f} ms" if record.duration is not None else ""
+            t.say(
+                f"{record.task_name.rsplit('.', 1)[-1]:<22} {record.status:<9} "
+                f"{record.attempts} attempt{'s' if record.attempts != 1 else ' '}  {duration}",
+                mark="|",
+            )
+        logged_ids = set(rows.values_list("task_id", flat=True))
+        t.expect(
+            {r.task_id for r in executions} == logged_ids
+            and all(r.status == TaskExecution.Status.SUCCEEDED for r in executions),
+            f"one execution record per task id that ran ({len(logged_ids)}), each succeeded",
+        )
+
+
+def _status(record: TaskExecution | None) -> str | None:
+    return record.status if record is not None else None
 
 
 def _short(value: Any) -> str:
