@@ -368,7 +368,9 @@ class ConcurrentDispatcher(Dispatcher):
             wait_futures(futures, timeout=timeout)
             for handle, future in zip(handles, futures, strict=True):
                 if not future.done():
-                    if on_late is not None:
+                    # A send that has not started yet (a busy pool) is not started late: the
+                    # caller's fallback (the outbox relay) takes it, and it holds no worker.
+                    if on_late is not None and not future.cancel():
                         future.add_done_callback(_late(handle, on_late))
                     continue
                 error = future.result()

@@ -75,8 +75,15 @@ def _row_fields(message: TaskMessage, named: bool, now: datetime) -> dict[str, o
         "dispatch_deadline": message.dispatch_deadline,
         "oidc_service_account": message.oidc_service_account or "",
         "oidc_audience": message.oidc_audience or "",
-        # The committing process sends the row first; the relay only takes it after this.
-        "next_attempt_at": now + timedelta(seconds=settings.outbox_flush_timeout + 5),
+        # The committing process sends the row first; the relay only takes it once that send
+        # has surely ended: the commit's bound, plus one call with all its retries.
+        "next_attempt_at": now
+        + timedelta(
+            seconds=settings.outbox_flush_timeout
+            + settings.client_timeout
+            + settings.enqueue_retry_deadline
+            + 1
+        ),
     }
 
 
@@ -136,36 +143,43 @@ def _backoff(attempts: int) -> timedelta:
     return timedelta(seconds=delay * (1 + random.random() / 4))
 
 
-def _delete(alias: str, ids: Iterable[int]) -> None:
+def _delete(alias: str, ids: Iterable[int]) -> int:
+    """Delete rows; how many were still there."""
     ids = list(ids)
-    if ids:
-        OutboxMessage.objects.using(alias).filter(pk__in=ids).delete()
+    if not ids:
+        return 0
+    deleted, _ = OutboxMessage.objects.using(alias).filter(pk__in=ids).delete()
+    return deleted
 
 
-def _record_failure(alias: str, row_id: int, error: BaseException, now: datetime) -> None:
+def _record_failure(
+    alias: str, row_id: int, error: BaseException, now: datetime, *, release: bool = False
+) -> bool:
+    """Count a failed send on the row and back it off; False if the row is gone (a relay
+    elsewhere sent it, or an operator discarded it). ``release`` drops the relay's lease."""
     row = OutboxMessage.objects.using(alias).filter(pk=row_id).first()
     if row is None:
-        return
-    row.attempts += 1
-    row.last_attempt_at = now
-    row.last_error = f"{type(error).__name__}: {error}"[:2000]
-    row.next_attempt_at = now + _backoff(row.attempts)
-    row.lease_until = None
-    row.lease_owner = ""
-    row.save(
-        using=alias,
-        update_fields=[
-            "attempts",
-            "last_attempt_at",
-            "last_error",
-            "next_attempt_at",
-            "lease_until",
-            "lease_owner",
-        ],
-    )
-    settings = get_settings()
+        return False
+    attempts = row.attempts + 1
+    last_error = f"{type(error).__name__}: {error}"[:2000]
+    update: dict[str, object] = {
+        "attempts": attempts,
+        "last_attempt_at": now,
+        "last_error": last_error,
+        "next_attempt_at": now + _backoff(attempts),
+    }
+    if release:
+        update.update(lease_until=None, lease_owner="")
+    # Conditional on the attempts read: a row deleted or counted by someone else meanwhile is
+    # left as they left it.
+    if (
+        not OutboxMessage.objects.using(alias)
+        .filter(pk=row_id, attempts=row.attempts)
+        .update(**update)
+    ):
+        return False
     age = row.age(now)
-    log = logger.error if age >= settings.outbox_alert_age else logger.warning
+    log = logger.error if age >= get_settings().outbox_alert_age else logger.warning
     log(
         "Outbox row %s (task %s, task id %s, schedule time %s) failed to send on attempt %d "
         "(%.0f s old): %s; the relay tries again after %s.",
@@ -173,11 +187,12 @@ def _record_failure(alias: str, row_id: int, error: BaseException, now: datetime
         row.task_name,
         row.task_id,
         row.schedule_time.isoformat() if row.schedule_time else "now",
-        row.attempts,
+        attempts,
         age,
-        row.last_error,
-        row.next_attempt_at.isoformat(),
+        last_error,
+        update["next_attempt_at"],
     )
+    return True
 
 
 class OutboxDispatcher(ConcurrentDispatcher):
@@ -242,15 +257,18 @@ class OutboxDispatcher(ConcurrentDispatcher):
     def _failed(self, handle: TaskHandle, error: Exception) -> None:
         row: _Row = handle.outbox
         if isinstance(error, TaskAlreadyExists):
-            # A named task whose id is taken: the point of naming it. Nothing to relay.
-            _delete(row.alias, [row.pk])
+            # A named task whose id is taken: the point of naming it. Nothing to relay. (A row
+            # already gone was sent, or reported, by a relay: nothing to say here.)
             handle.outbox = None
-            report_failure(handle, error)
+            if _delete(row.alias, [row.pk]):
+                report_failure(handle, error)
             return
         # The row stays: the relay sends it when Cloud Tasks answers again.
         handle._outboxed(error)
-        _record_failure(row.alias, row.pk, error, timezone.now())
-        report_failure(handle, error)
+        if _record_failure(row.alias, row.pk, error, timezone.now()):
+            report_failure(handle, error)
+        else:
+            handle.outbox = None  # a relay elsewhere already sent (or reported) it
 
     def _settle_late(self, handle: TaskHandle, error: Exception | None) -> None:
         """A send that outlived the commit's bound finished (in a pool thread)."""
@@ -378,7 +396,7 @@ def _relay_alias(alias: str, limit: int, pks: Sequence[int] | None = None) -> Re
     _delete(alias, done)
     for row, error in failed:
         result.failed += 1
-        _record_failure(alias, row.pk, error, timezone.now())
+        _record_failure(alias, row.pk, error, timezone.now(), release=True)
     return result
 
 
