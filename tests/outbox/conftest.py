@@ -58,7 +58,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = WAIT, what: str = ""
 
 def make_due(using: str = "default") -> int:
     """Make every outbox row due now, as time passing would (the relay leaves a fresh row to
-    its committing process for OUTBOX_FLUSH_TIMEOUT + CLIENT_TIMEOUT + ENQUEUE_RETRY_DEADLINE + 1 s, and a failed one backs off)."""
+    its committing process until its send surely ended, and a failed one backs off)."""
     past = timezone.now() - timedelta(seconds=1)
     return OutboxMessage.objects.using(using).update(next_attempt_at=past)
 
