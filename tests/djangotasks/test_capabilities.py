@@ -20,7 +20,7 @@ def test_the_declared_capabilities() -> None:
     assert isinstance(backend, CloudTasksBackend)
     assert backend.supports_async_task is True
     assert backend.supports_priority is False  # Cloud Tasks has no priorities
-    assert backend.supports_get_result is False
+    assert backend.supports_get_result is True  # execution records are on by default
     assert backend.supports_defer is False  # the immediate transport of the test settings
 
 
@@ -47,12 +47,13 @@ def test_async_tasks_are_accepted(runs: Runs) -> None:
     assert (run["a"], run["b"], run["task_id"]) == (2, 3, result.id)
 
 
-def test_results_cannot_be_retrieved() -> None:
+def test_without_records_results_cannot_be_retrieved(settings: Any) -> None:
+    settings.CLOUDTASK = {**settings.CLOUDTASK, "RECORDS": False}
+    backend = task_backends["default"]
+    assert backend.supports_get_result is False
     result = add.enqueue(1)
-    with pytest.raises(NotImplementedError, match="does not record executions yet"):
+    with pytest.raises(NotImplementedError, match='CLOUDTASK\\["RECORDS"\\]'):
         add.get_result(result.id)
-    with pytest.raises(NotImplementedError, match="supports_get_result is False"):
-        result.refresh()
 
 
 def test_a_function_not_at_module_level_is_refused() -> None:
