@@ -12,7 +12,8 @@ from django.core.management import call_command
 from django.test import Client
 
 from cloudtask import registry
-from cloudtask.backends import DjangoTaskAdapter, encode_message, task
+from cloudtask.backends import DjangoTaskAdapter, task
+from cloudtask.encoding import encode_message
 from cloudtask.executor import Runnable
 from cloudtask.message import TaskMessage
 
