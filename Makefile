@@ -48,8 +48,9 @@ demo: $(STAMP)
 demo-serve: $(STAMP)
 	$(PY) sample_app/manage.py demo --serve $(if $(PORT),--port $(PORT))
 
+# Every benchmark (bench/run.py); BENCH="api.py async_send.py" runs only those scripts.
 bench: $(STAMP)
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH)
 
 clean:
 	rm -rf $(VENV) .venv-* .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -2,6 +2,7 @@
 
 Each script measures its own baseline in the same run (the raw client, a bare Django view, or
 one-by-one sends) and prints ratios against it, so figures from different machines compare.
+``make bench`` runs this; ``make bench BENCH="api.py async_send.py"`` runs some of them.
 """
 
 import subprocess
@@ -9,12 +10,12 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["emulator.py", "api.py", "on_commit.py"]
+SCRIPTS = ["emulator.py", "api.py", "on_commit.py", "async_send.py", "outbox.py", "records.py"]
 
 
 def main() -> int:
     failed = []
-    for name in SCRIPTS:
+    for name in sys.argv[1:] or SCRIPTS:
         print(f"\n### bench/{name}", flush=True)
         result = subprocess.run([sys.executable, str(HERE / name)], check=False)  # noqa: S603 - our own scripts
         if result.returncode:

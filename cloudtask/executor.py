@@ -206,7 +206,12 @@ def _claim(task: Runnable, request: CloudTaskRequest) -> records.Claim | None:
         return None
     lease = task.dispatch_deadline or get_settings().dispatch_deadline or records.DEFAULT_LEASE
     return records.claim(
-        task_id, task.name, request.queue_name or task.queue or "", lease, eta=request.given_eta
+        task_id,
+        task.name,
+        request.queue_name or task.queue or "",
+        lease,
+        eta=request.given_eta,
+        retry_count=request.retry_count,
     )
 
 
@@ -244,15 +249,23 @@ def execute(
             with transaction.atomic(using=records.records_database()):
                 value = task.invoke(request, args, kwargs)
                 if held is not None:
-                    records.finish(
-                        held, SUCCEEDED, duration=time.monotonic() - started, value=value
-                    )
+                    duration = time.monotonic() - started
+                    if records.finish(held, SUCCEEDED, duration=duration, value=value) is None:
+                        raise _LeaseLost
         else:
             value = task.invoke(request, args, kwargs)
+    except _LeaseLost:
+        logger.warning(
+            "Task %s (%s) outlived its lease; a newer attempt took over, so this attempt's "
+            "transaction was rolled back.",
+            task.name,
+            request.task_id,
+        )
+        return Execution(Outcome.DUPLICATE)
     except (Discard, ObjectDeleted) as exc:
         logger.info("Task %s (%s) stopped for good: %r", task.name, request.task_id, exc)
         if held is not None:
-            records.finish(held, DISCARDED, duration=time.monotonic() - started, error=exc)
+            _settle(task, request, held, DISCARDED, time.monotonic() - started, error=exc)
         signals.task_failed.send(sender=task, request=request, exception=exc, final=True)
         return Execution(Outcome.DISCARDED, error=exc)
     except Exception as exc:
@@ -261,13 +274,40 @@ def execute(
             _record_failure(task, request, held, execution, time.monotonic() - started)
         return execution
     if held is not None and not task.atomic:
-        records.finish(held, SUCCEEDED, duration=time.monotonic() - started, value=value)
+        _settle(task, request, held, SUCCEEDED, time.monotonic() - started, value=value)
     signals.task_succeeded.send(sender=task, request=request, result=value)
     return Execution(Outcome.SUCCEEDED, value=value)
 
 
 SUCCEEDED = "succeeded"
 DISCARDED = "discarded"
+
+
+class _LeaseLost(Exception):
+    """An atomic attempt found its claim taken by a newer attempt: roll its work back."""
+
+
+def _settle(
+    task: Runnable,
+    request: CloudTaskRequest,
+    held: records.Claim,
+    status: str,
+    duration: float,
+    *,
+    value: Any = None,
+    error: BaseException | None = None,
+) -> list[dict[str, Any]] | None:
+    """Finish the claim; warn when the attempt outlived its lease and lost its record."""
+    errors = records.finish(held, status, duration=duration, value=value, error=error)
+    if errors is None:
+        logger.warning(
+            "Task %s (%s) outlived its lease: a newer attempt owns the record, which keeps that "
+            "attempt's outcome, not this one's (%s).",
+            task.name,
+            request.task_id,
+            status,
+        )
+    return errors
 
 
 def _record_failure(
@@ -279,10 +319,10 @@ def _record_failure(
 ) -> None:
     assert execution.error is not None
     dead = execution.outcome is Outcome.EXHAUSTED
-    errors = records.finish(
-        held, "dead" if dead else "failed", duration=duration, error=execution.error
+    errors = _settle(
+        task, request, held, "dead" if dead else "failed", duration, error=execution.error
     )
-    if dead:
+    if dead and errors is not None:
         records.dead_letter(
             reason="exhausted",
             task_id=request.task_id or "",

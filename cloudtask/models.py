@@ -77,9 +77,9 @@ class TaskExecution(models.Model):
     task_name = models.CharField(max_length=500, db_index=True)
     queue = models.CharField(max_length=100, blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, db_index=True)
-    #: The task's schedule time (X-CloudTasks-TaskETA): every delivery of one task carries the
-    #: same, so a finished record meeting another ETA is a new task that reuses the id (a named
-    #: task, once Cloud Tasks' dedup window let the name go), not a duplicate.
+    #: The first attempt's X-CloudTasks-TaskETA: a first attempt of this id with another ETA is a
+    #: new task that reuses the id (a named task, once Cloud Tasks' dedup window let the name
+    #: go), not a duplicate (see cloudtask.records.claim).
     eta = models.DateTimeField(null=True, blank=True)
     #: Attempts that started (deliveries that ran the function).
     attempts = models.PositiveIntegerField(default=0)

@@ -77,9 +77,17 @@ def claim(
     queue: str,
     lease: timedelta,
     eta: datetime | None = None,
+    retry_count: int = 0,
     now: datetime | None = None,
 ) -> Claim:
-    """Take task_id for this delivery, or say why it must not run."""
+    """Take task_id for this delivery, or say why it must not run.
+
+    A finished record met by a first attempt (retry count 0) with another ETA is a new task
+    reusing the id (a named task, once Cloud Tasks' dedup window let its name go): it runs, on a
+    fresh record. Every other delivery of a finished id is a duplicate: a retry after a lost
+    answer (retry count > 0, whatever its ETA, which Cloud Tasks moves on retries) or a replayed
+    request (the same headers).
+    """
     now = now or timezone.now()
     db = records_database()
     fields = {
@@ -105,7 +113,7 @@ def claim(
         pass  # a retry, a duplicate, or a concurrent delivery of the same id
     with transaction.atomic(using=db):
         row = TaskExecution.objects.using(db).select_for_update().get(task_id=task_id)
-        if row.status in _FINISHED and _same_task(row.eta, eta):
+        if row.status in _FINISHED and (retry_count > 0 or _same_task(row.eta, eta)):
             return Claim(run=False, pk=row.pk, finished_status=row.status)
         if row.status in _FINISHED:
             # A new task that reuses a finished task's id: a fresh record.
@@ -161,8 +169,9 @@ def finish(
     value: Any = None,
     error: BaseException | None = None,
     now: datetime | None = None,
-) -> list[dict[str, Any]]:
-    """Settle a claim with the attempt's outcome (one UPDATE); the errors it now holds."""
+) -> list[dict[str, Any]] | None:
+    """Settle a claim with the attempt's outcome (one UPDATE); the errors it now holds, or None
+    when the claim was lost: the attempt outlived its lease and a newer attempt took the id."""
     now = now or timezone.now()
     update: dict[str, Any] = {
         "status": status,
@@ -184,8 +193,12 @@ def finish(
     else:
         update["return_value"], update["return_repr"] = _json_value(value)
     assert held.pk is not None, "only a claim that ran is finished"
-    TaskExecution.objects.using(records_database()).filter(pk=held.pk).update(**update)
-    return errors
+    settled = (
+        TaskExecution.objects.using(records_database())
+        .filter(pk=held.pk, attempts=held.attempts)
+        .update(**update)
+    )
+    return errors if settled else None
 
 
 def dead_letter(

@@ -77,6 +77,15 @@ class _Unserializable(TypeError):
         self.value = value
 
 
+def _iso(value: datetime | time) -> str:
+    # Python's fromisoformat() drops the fraction of a second of a UTC offset: such a value
+    # (no real time zone has one) would come back as another time, so it is refused.
+    offset = value.utcoffset()
+    if offset is not None and offset.microseconds:
+        raise _Unserializable(value)
+    return value.isoformat()
+
+
 class _TooDeep(TypeError):
     """A container nested more than MAX_DEPTH deep (a TypeError, like any unencodable value)."""
 
@@ -149,9 +158,9 @@ _EXACT: dict[type, Callable[[Any, int], Any]] = {
     frozenset: lambda v, d: _tagged("frozenset", _encode_set(v, d)),
     bytes: lambda v, d: _tagged("bytes", base64.b64encode(v).decode("ascii")),
     bytearray: lambda v, d: _tagged("bytearray", base64.b64encode(v).decode("ascii")),
-    datetime: lambda v, d: _tagged("datetime", v.isoformat()),
+    datetime: lambda v, d: _tagged("datetime", _iso(v)),
     date: lambda v, d: _tagged("date", v.isoformat()),
-    time: lambda v, d: _tagged("time", v.isoformat()),
+    time: lambda v, d: _tagged("time", _iso(v)),
     timedelta: lambda v, d: _tagged("timedelta", [v.days, v.seconds, v.microseconds]),
     Decimal: lambda v, d: _tagged("decimal", str(v)),
     UUID: lambda v, d: _tagged("uuid", str(v)),
@@ -459,11 +468,12 @@ def encode_arguments(
             enc_kwargs[position] = _encode(value, 0)
     except _Unserializable as exc:
         bad = exc.value
-        what = (
-            f"unsaved {type(bad).__qualname__} instance (no primary key)"
-            if isinstance(bad, models.Model)
-            else f"object of type {type(bad).__qualname__}"
-        )
+        if isinstance(bad, models.Model):
+            what = f"unsaved {type(bad).__qualname__} instance (no primary key)"
+        elif isinstance(bad, datetime | time):
+            what = f"{bad!r}: its UTC offset has a fraction of a second"
+        else:
+            what = f"object of type {type(bad).__qualname__}"
         raise InvalidTaskCall(
             f"{label or task_name}() argument {_argument_label(position, param_names)!r}: "
             f"cannot serialize {what}."

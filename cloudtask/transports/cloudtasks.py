@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import weakref
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -71,9 +70,9 @@ class CloudTasksTransport(BaseTransport):
         self._owns_client = client is None
         self._lock = threading.Lock()
         self._parents: dict[str, str] = {}
-        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
-        )
+        # One per event loop. A plain dict pruned of closed loops: each client holds its loop
+        # through its channel, so weak keys would never be freed.
+        self._async_clients: dict[asyncio.AbstractEventLoop, Any] = {}
 
     # Overridden by the embedded emulator transport.
     def emulator_host(self) -> str | None:
@@ -105,7 +104,10 @@ class CloudTasksTransport(BaseTransport):
         loop = asyncio.get_running_loop()
         client = self._async_clients.get(loop)
         if client is None:
-            client = self._async_clients[loop] = make_async_client(self.emulator_host())
+            with self._lock:
+                for closed in [lp for lp in self._async_clients if lp.is_closed()]:
+                    del self._async_clients[closed]
+                client = self._async_clients[loop] = make_async_client(self.emulator_host())
         return client
 
     def parent(self, queue: str) -> str:
@@ -256,6 +258,6 @@ class CloudTasksTransport(BaseTransport):
     def close(self) -> None:
         with self._lock:
             client, self._client = self._client, None
-            self._async_clients = weakref.WeakKeyDictionary()
+            self._async_clients = {}
         if client is not None and self._owns_client:
             client.transport.close()

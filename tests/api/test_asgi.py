@@ -19,6 +19,7 @@ import uvicorn
 
 from cloudtask import CloudTaskRequest, Retry, task
 from cloudtask.conf import get_settings
+from cloudtask.models import DeadLetter
 from cloudtask.signing import HEADER as SIGNATURE_HEADER
 from cloudtask.signing import sign
 from tests.models import TaskRecord
@@ -138,6 +139,9 @@ def via_asgi(via_emulator: Any, settings: Any, asgi_server: UvicornThread) -> An
     return via_emulator
 
 
+MALFORMED = b'{"not": "an envelope"'
+
+
 def statuses(emulator: Any, task_id: str | None) -> list[int | None] | None:
     found = [d.status for d in emulator.dispatches if d.task == task_id]
     return found or None
@@ -187,15 +191,28 @@ def test_async_retry_answers_503_with_retry_after(asgi_server: UvicornThread) ->
     assert response.getheader("Retry-After") == "8"
 
 
-def test_malformed_body_is_a_400(asgi_server: UvicornThread) -> None:
-    body = b'{"not": "an envelope"'
+def signed(body: bytes) -> dict[str, str]:
     signature = sign(body, get_settings())
     assert signature is not None
-    headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature}
+    return {"Content-Type": "application/json", SIGNATURE_HEADER: signature}
 
-    response = asgi_server.post("/_tasks/", body, headers)
+
+def test_malformed_body_is_a_400(asgi_server: UvicornThread, settings: Any) -> None:
+    settings.CLOUDTASK = {**settings.CLOUDTASK, "RECORDS": False}
+
+    response = asgi_server.post("/_tasks/", MALFORMED, signed(MALFORMED))
 
     assert response.status == 400
+
+
+def test_malformed_body_is_dead_lettered_with_records_on(asgi_server: UvicornThread) -> None:
+    # With execution records (the default) a signed body that can never decode is kept as a
+    # dead letter and answered 2xx, so Cloud Tasks stops retrying it.
+    response = asgi_server.post("/_tasks/", MALFORMED, signed(MALFORMED))
+
+    assert response.status == 200
+    (letter,) = DeadLetter.objects.all()
+    assert (letter.reason, bytes(letter.body)) == ("undecodable", MALFORMED)
 
 
 def test_bad_signature_is_a_403(asgi_server: UvicornThread, runs: Any) -> None:

@@ -182,6 +182,25 @@ def test_adelay_of_an_on_commit_task_from_sync_code_in_a_transaction_waits_for_t
     assert run["key"] == "later"
 
 
+def test_adelay_of_an_on_commit_task_in_a_rolled_back_transaction_is_dropped(
+    via_emulator: Any, runs: Any
+) -> None:
+    async def helper() -> TaskHandle:
+        return await at_commit("never").adelay()
+
+    with pytest.raises(RuntimeError, match="roll back"), transaction.atomic():
+        handle = async_to_sync(helper)()
+        raise RuntimeError("roll back")
+
+    assert handle.wait(15)
+    assert handle.state == "dropped"
+    # Nothing went out: a call sent after it runs, and it never does.
+    after = add(a=99).delay()
+    (run,) = runs.wait("add")
+    assert run["task_name"] == after.task_id
+    assert runs.of("at_commit") == []
+
+
 # -- adelay() does not block the event loop ---------------------------------------------------
 
 

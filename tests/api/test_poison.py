@@ -8,6 +8,7 @@ import json
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, time, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from cloudtask.serialization import (
     MAX_JSON_DEPTH,
     decode_envelope,
     decode_value,
+    encode_arguments,
     encode_envelope,
     encode_value,
     json_depth,
@@ -418,3 +420,10 @@ def test_the_endpoint_never_answers_poison_with_a_server_error(runs: Any) -> Non
         )
         assert response.status_code < 500, (body[:80], response.status_code)
     assert runs.of("echo") == []
+
+
+def test_a_utc_offset_with_a_fraction_of_a_second_is_refused_at_the_call() -> None:
+    odd = timezone(timedelta(microseconds=1))
+    for value in (time(0, 0, tzinfo=odd), datetime(2026, 1, 1, tzinfo=odd)):
+        with pytest.raises(InvalidTaskCall, match="UTC offset has a fraction of a second"):
+            encode_arguments("t", (value,), {}, label="t")

@@ -136,6 +136,7 @@ def test_an_on_commit_task_waits_for_the_commit_the_others_do_not(
     assert handles[1].state == "sent"
     (run,) = runs.wait("at_commit")
     assert (run["key"], run["task_name"]) == (key, handles[1].task_id)
+    assert sorted(run["a"] for run in runs.wait("add", 2)) == [1, 2]
 
 
 def test_an_on_commit_task_rolled_back_is_not_sent(via_emulator: Any, runs: Any) -> None:
@@ -145,7 +146,8 @@ def test_an_on_commit_task_rolled_back_is_not_sent(via_emulator: Any, runs: Any)
 
     assert [h.state for h in handles] == ["dropped", "sent"]
     (run,) = runs.wait("add")
-    assert run["a"] == 3
+    assert run["task_name"] == handles[1].task_id
+    assert runs.of("at_commit") == []
 
 
 def test_return_failures_covers_an_on_commit_call_sent_at_once(
@@ -160,3 +162,4 @@ def test_return_failures_covers_an_on_commit_call_sent_at_once(
 
     assert [h.state for h in handles] == ["sent", "failed", "sent"]
     assert isinstance(handles[1].error, TaskAlreadyExists)
+    assert sorted(run["a"] for run in runs.wait("add", 2)) == [1, 2]
