@@ -152,30 +152,33 @@ class CloudTasksTransport(BaseTransport):
         request: tasks_v2.CreateTaskRequest = tasks_v2.CreateTaskRequest.wrap(pb)
         return request
 
-    def _retries(self, message: TaskMessage) -> bool:
-        """Whether transient errors of this call are retried: only with a task id, which makes
-        a retry of a call that did reach Cloud Tasks an ALREADY_EXISTS, never a duplicate."""
-        return bool(message.task_id) and self.settings.enqueue_retry_deadline > 0
+    def _retry_policy(
+        self, message: TaskMessage, failures: list[Exception]
+    ) -> dict[str, Any] | None:
+        """The retry arguments for this call, or None: transient errors are retried only for a
+        call with a task id, where a retry of a call that did reach Cloud Tasks is an
+        ALREADY_EXISTS, never a duplicate. Failed attempts are appended to failures."""
+        if not message.task_id or self.settings.enqueue_retry_deadline <= 0:
+            return None
+        return {
+            "predicate": api_retry.if_exception_type(*TRANSIENT_ERRORS),
+            "initial": RETRY_INITIAL,
+            "maximum": RETRY_MAXIMUM,
+            "multiplier": RETRY_MULTIPLIER,
+            "timeout": self.settings.enqueue_retry_deadline,
+            "on_error": failures.append,
+        }
 
     def enqueue(self, message: TaskMessage) -> EnqueuedTask:
         parent = self.parent(message.queue)
         request = self.build_request(message, parent)
         failures: list[Exception] = []
-        retry = (
-            api_retry.Retry(
-                predicate=api_retry.if_exception_type(*TRANSIENT_ERRORS),
-                initial=RETRY_INITIAL,
-                maximum=RETRY_MAXIMUM,
-                multiplier=RETRY_MULTIPLIER,
-                timeout=self.settings.enqueue_retry_deadline,
-                on_error=failures.append,
-            )
-            if self._retries(message)
-            else None
-        )
+        policy = self._retry_policy(message, failures)
         try:
             created = self.client.create_task(
-                request=request, timeout=self.settings.client_timeout, retry=retry
+                request=request,
+                timeout=self.settings.client_timeout,
+                retry=api_retry.Retry(**policy) if policy else None,
             )
         except api_exceptions.GoogleAPIError as exc:
             return self.settle_error(exc, message, parent, failures)
@@ -185,21 +188,12 @@ class CloudTasksTransport(BaseTransport):
         parent = self.parent(message.queue)
         request = self.build_request(message, parent)
         failures: list[Exception] = []
-        retry = (
-            api_retry_async.AsyncRetry(
-                predicate=api_retry.if_exception_type(*TRANSIENT_ERRORS),
-                initial=RETRY_INITIAL,
-                maximum=RETRY_MAXIMUM,
-                multiplier=RETRY_MULTIPLIER,
-                timeout=self.settings.enqueue_retry_deadline,
-                on_error=failures.append,
-            )
-            if self._retries(message)
-            else None
-        )
+        policy = self._retry_policy(message, failures)
         try:
             created = await self.async_client().create_task(
-                request=request, timeout=self.settings.client_timeout, retry=retry
+                request=request,
+                timeout=self.settings.client_timeout,
+                retry=api_retry_async.AsyncRetry(**policy) if policy else None,
             )
         except api_exceptions.GoogleAPIError as exc:
             return self.settle_error(exc, message, parent, failures)

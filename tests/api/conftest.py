@@ -17,27 +17,36 @@ BASE = dict(django_settings.CLOUDTASK)
 
 
 class Runs:
-    """The runs tests/tasks.py recorded, with a condition-based wait (no sleeps)."""
+    """The runs some tasks recorded (tests/tasks.py's by default), with a condition-based wait
+    (no sleeps)."""
+
+    def __init__(
+        self,
+        runs: list[dict[str, Any]] = test_tasks.RUNS,
+        event: threading.Condition = test_tasks.RUN_EVENT,
+    ) -> None:
+        self.runs = runs
+        self.event = event
 
     def clear(self) -> None:
-        with test_tasks.RUN_EVENT:
-            test_tasks.RUNS.clear()
+        with self.event:
+            self.runs.clear()
 
     def of(self, label: str) -> list[dict[str, Any]]:
-        with test_tasks.RUN_EVENT:
-            return [r for r in test_tasks.RUNS if r["label"] == label]
+        with self.event:
+            return [r for r in self.runs if r["label"] == label]
 
     def wait(self, label: str, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
-        with test_tasks.RUN_EVENT:
+        with self.event:
             while True:
-                found = [r for r in test_tasks.RUNS if r["label"] == label]
+                found = [r for r in self.runs if r["label"] == label]
                 if len(found) >= count:
                     return found
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise AssertionError(f"{label} ran {len(found)} times, expected {count}")
-                test_tasks.RUN_EVENT.wait(remaining)
+                self.event.wait(remaining)
 
 
 @pytest.fixture

@@ -14,39 +14,16 @@ from django.conf import settings as django_settings
 from django.dispatch import Signal
 
 from cloudtask.emulator import Emulator
+from tests.api.conftest import Runs as Runs
 
 from . import tasks
 
 BASE = dict(django_settings.CLOUDTASK)
 
 
-class Runs:
-    """The runs tests/djangotasks/tasks.py recorded."""
-
-    def clear(self) -> None:
-        with tasks.RUN_EVENT:
-            tasks.RUNS.clear()
-
-    def of(self, label: str) -> list[dict[str, Any]]:
-        with tasks.RUN_EVENT:
-            return [r for r in tasks.RUNS if r["label"] == label]
-
-    def wait(self, label: str, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        with tasks.RUN_EVENT:
-            while True:
-                found = [r for r in tasks.RUNS if r["label"] == label]
-                if len(found) >= count:
-                    return found
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"{label} ran {len(found)} times, expected {count}")
-                tasks.RUN_EVENT.wait(remaining)
-
-
 @pytest.fixture
 def runs() -> Iterator[Runs]:
-    recorder = Runs()
+    recorder = Runs(tasks.RUNS, tasks.RUN_EVENT)
     recorder.clear()
     yield recorder
     recorder.clear()
