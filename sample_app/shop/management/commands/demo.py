@@ -485,22 +485,9 @@ class Scenario:
             t.expect(True, "the duplicate name was refused")
         else:
             t.expect(False, "the duplicate name was refused")
-        earlier = TaskExecution.objects.filter(
-            task_id=first.id, first_started_at__lt=self.started
-        ).first()
-        if earlier is not None:
-            # This emulator is new and forgot the name, but cloudtask's execution record of the
-            # task id (an earlier demo on this database, today) says it already succeeded.
-            t.say(
-                f"an earlier run on this database already ran task {first.id} "
-                f"({earlier.status}); its execution record makes this delivery a duplicate"
-            )
-            self.idle()
-            t.expect(
-                not self.log_rows(rebuild_daily_report),
-                "the delivery was answered 200 without running the report a second time today",
-            )
-            return
+        # On a database an earlier demo used today, the task id has a "succeeded" execution
+        # record; this emulator is new and created the task again: a new task reusing the id
+        # (its first attempt brings a new ETA), which runs, where a redelivery would not.
         t.wait_for(
             lambda: len(self.log_rows(rebuild_daily_report)) == 1,
             "the report task ran exactly once",
