@@ -57,8 +57,25 @@ else:  # generic only for type checkers (django-stubs-ext is not a dependency)
     _ModelAdmin = admin.ModelAdmin
 
 
+class WrittenByCloudtask:
+    """Rows cloudtask writes itself: nobody adds or edits them in the admin. Acting on them
+    (send now, replay) is what changing them would mean, so the change permission allows it."""
+
+    opts: Any
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def may_act(self, request: HttpRequest) -> bool:
+        codename = get_permission_codename("change", self.opts)
+        return bool(request.user.has_perm(f"{self.opts.app_label}.{codename}"))
+
+
 @admin.register(OutboxMessage)
-class OutboxMessageAdmin(_ModelAdmin):
+class OutboxMessageAdmin(WrittenByCloudtask, _ModelAdmin):
     list_display = (
         "task_name",
         "queue",
@@ -102,16 +119,9 @@ class OutboxMessageAdmin(_ModelAdmin):
 
     # -- permissions: rows are cloudtask's to write ----------------------------------------------
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: OutboxMessage | None = None) -> bool:
-        return False
-
     def has_send_permission(self, request: HttpRequest) -> bool:
         """Sending rows is what changing them would mean: the change permission allows it."""
-        codename = get_permission_codename("change", self.opts)
-        return request.user.has_perm(f"{self.opts.app_label}.{codename}")
+        return self.may_act(request)
 
     # -- actions --------------------------------------------------------------------------------
 
@@ -258,7 +268,7 @@ _EXECUTION_FIELDS = (
 
 
 @admin.register(TaskExecution)
-class TaskExecutionAdmin(_ExecutionAdmin):
+class TaskExecutionAdmin(WrittenByCloudtask, _ExecutionAdmin):
     list_display = (
         "task_name",
         "task_id",
@@ -302,12 +312,6 @@ class TaskExecutionAdmin(_ExecutionAdmin):
     def errors_text(self, row: TaskExecution) -> SafeString:
         return _errors_html(row.errors)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: TaskExecution | None = None) -> bool:
-        return False
-
 
 _DEAD_LETTER_FIELDS = (
     "created_at",
@@ -324,7 +328,7 @@ _DEAD_LETTER_FIELDS = (
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(_DeadLetterAdmin):
+class DeadLetterAdmin(WrittenByCloudtask, _DeadLetterAdmin):
     list_display = (
         "created_at",
         "reason",
@@ -353,16 +357,9 @@ class DeadLetterAdmin(_DeadLetterAdmin):
     def errors_text(self, row: DeadLetter) -> SafeString:
         return _errors_html(row.errors)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: DeadLetter | None = None) -> bool:
-        return False
-
     def has_replay_permission(self, request: HttpRequest) -> bool:
         """Replaying sends a task and marks the letter: the change permission allows it."""
-        codename = get_permission_codename("change", self.opts)
-        return request.user.has_perm(f"{self.opts.app_label}.{codename}")
+        return self.may_act(request)
 
     @admin.action(description="Replay as a new task", permissions=["replay"])
     def replay(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
