@@ -10,15 +10,18 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.conf import settings as django_settings
 from django.dispatch import Signal
 
 from cloudtask.emulator import Emulator
+
+# The emulator, live-server and polling fixtures are the core API tests' own.
 from tests.api.conftest import Runs as Runs
+from tests.api.conftest import emulator as emulator
+from tests.api.conftest import endpoint_url as endpoint_url
+from tests.api.conftest import poll as poll
+from tests.api.conftest import via_emulator as via_emulator
 
 from . import tasks
-
-BASE = dict(django_settings.CLOUDTASK)
 
 
 @pytest.fixture
@@ -79,45 +82,6 @@ def signal_log() -> Iterator[SignalLog]:
     log = SignalLog()
     yield log
     log.close()
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[Emulator]:
-    with Emulator(auto_create_queues=True, log=None) as emu:
-        yield emu
-
-
-@pytest.fixture
-def endpoint_url(live_server: Any) -> str:
-    return str(live_server.url) + "/_tasks/"
-
-
-@pytest.fixture
-def via_emulator(settings: Any, emulator: Emulator, endpoint_url: str) -> Emulator:
-    """The cloudtasks transport over gRPC to the in-process emulator, which POSTs each task to
-    the endpoint of a live server, as Cloud Tasks would."""
-    settings.CLOUDTASK = {
-        **BASE,
-        "TRANSPORT": "cloudtasks",
-        "EMULATOR_HOST": emulator.address,
-        "PROJECT": emulator.project,
-        "LOCATION": emulator.location,
-        "URL": endpoint_url,
-    }
-    return emulator
-
-
-def poll(probe: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
-    """probe()'s first truthy value, polled until a deadline (for state with no event to wait
-    on, like the emulator's delivery records, which land after the response)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
 
 
 def deliveries(emulator: Emulator, task_id: str, count: int = 1) -> list[Any]:
