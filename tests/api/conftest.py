@@ -12,6 +12,7 @@ from django.conf import settings as django_settings
 
 from cloudtask.emulator import Emulator
 from tests import tasks as test_tasks
+from tests import waiting
 
 BASE = dict(django_settings.CLOUDTASK)
 
@@ -108,11 +109,4 @@ class Waiter:
 def poll(probe: Any, timeout: float = 15.0, interval: float = 0.02) -> Any:
     """Return probe()'s first truthy value, polling until a deadline (for state that has no
     event to wait on, like the emulator's dispatch records)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
+    return waiting.poll(probe, timeout, interval=interval)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -11,6 +10,7 @@ from django.conf import settings as django_settings
 
 from cloudtask.emulator import Emulator
 from tests.models import TaskRecord
+from tests.waiting import poll
 
 from .jobs import DELIVERIES, Deliveries
 
@@ -47,15 +47,8 @@ def deliveries() -> Deliveries:
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll condition until it is truthy (returns its value) or fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.02)
+    """condition()'s first truthy value, polled until timeout."""
+    return poll(condition, timeout)
 
 
 def records(label: str) -> list[dict[str, Any]]:

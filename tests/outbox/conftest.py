@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -36,6 +35,7 @@ from cloudtask.emulator import Emulator
 from cloudtask.emulator.state import ApiError, TaskRecord
 from cloudtask.models import OutboxMessage
 from tests.oncommit.jobs import DELIVERIES, Deliveries
+from tests.waiting import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE: dict[str, Any] = dict(django_settings.CLOUDTASK)
@@ -46,14 +46,7 @@ WAIT = 20.0
 def wait_for(condition: Callable[[], Any], timeout: float = WAIT, what: str = "") -> Any:
     """condition()'s first truthy value, polled until timeout (for state with no event to wait
     on: rows in the database, another process's progress)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not met within {timeout} s: {what or condition}")
-        time.sleep(0.01)
+    return poll(condition, timeout, what, interval=0.01)
 
 
 def make_due(using: str = "default") -> int:

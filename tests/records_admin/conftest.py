@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,6 +11,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from cloudtask.emulator import Emulator
+from tests.waiting import poll
 
 from . import tasks
 
@@ -19,16 +19,8 @@ BASE = dict(django_settings.CLOUDTASK)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """condition()'s first truthy value, polled until timeout (database state has no event to
-    wait on)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not met within {timeout} s: {condition}")
-        time.sleep(0.02)
+    """condition()'s first truthy value, polled until timeout."""
+    return poll(condition, timeout)
 
 
 @pytest.fixture(scope="module")
