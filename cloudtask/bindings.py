@@ -414,14 +414,13 @@ class Binding:
         return TaskHandle(call.encode(), call=call, sender=self.task)
 
     def _send(self, handle: TaskHandle, alias: str) -> None:
-        if dispatch.call_in_transaction(alias):
-            dispatch.defer(handle, using=alias)
-            return
-        # Autocommit: the row is already committed, so the save must not fail because the
-        # queue did; report the failure like one after a commit.
         try:
             dispatch.defer(handle, using=alias)
         except Exception as exc:
+            if dispatch.call_in_transaction(alias):
+                raise
+            # Autocommit: the row is already committed, so the save must not fail because the
+            # queue did; report the failure like one after a commit.
             dispatch.report_failure(handle, exc)
 
     def _receive_save(self, sender: Any, kwargs: dict[str, Any]) -> None:

@@ -109,10 +109,10 @@ def handle(request: HttpRequest) -> HttpResponse:
     return respond(execution)
 
 
-def _dead_letter(
-    request: HttpRequest, reason: str, name: str, error: BaseException, attempts: int
-) -> None:
+def _dead_letter(request: HttpRequest, reason: str, name: str, error: BaseException) -> int:
+    """Keep the delivery as a dead letter; the attempt it was (Cloud Tasks' retry count + 1)."""
     ct = CloudTaskRequest.from_http(request, None)
+    attempts = ct.retry_count + 1
     records.dead_letter(
         reason=reason,
         task_id=ct.task_id or "",
@@ -123,6 +123,7 @@ def _dead_letter(
         attempts=attempts,
         errors=[records.error_entry(error, attempts, timezone.now())],
     )
+    return attempts
 
 
 def _undecodable(
@@ -136,8 +137,7 @@ def _undecodable(
     dead-lettered and answered 2xx, so Cloud Tasks stops; without, a 400."""
     if not settings.records:
         return HttpResponseBadRequest(answer)
-    attempts = CloudTaskRequest.from_http(request, None).retry_count + 1
-    _dead_letter(request, "undecodable", name, error, attempts)
+    _dead_letter(request, "undecodable", name, error)
     logger.error("Dead-lettered a task request whose body can never decode: %s", error)
     return HttpResponse(f"{answer}; dead-lettered, not retried", content_type=_TEXT)
 
@@ -149,7 +149,7 @@ def _unknown(
     dead-lettered once CLOUDTASK["UNKNOWN_TASK_ATTEMPTS"] deliveries found nothing."""
     attempts = CloudTaskRequest.from_http(request, None).retry_count + 1
     if settings.records and attempts >= settings.unknown_task_attempts:
-        _dead_letter(request, "unknown_task", name, error, attempts)
+        _dead_letter(request, "unknown_task", name, error)
         logger.error("Dead-lettered task %r after %d deliveries: %s", name, attempts, error)
         return HttpResponse("unknown task; dead-lettered, not retried", content_type=_TEXT)
     logger.warning("%s", error)
