@@ -32,21 +32,26 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m mkdocs build --strict --quiet -d .mkdocs-site
 
+# Four workers (pytest-xdist): the suite mostly waits on sockets, so it overlaps well even on
+# two cores. PYTEST_ARGS="-n 0 ..." runs it in one process.
+PYTEST_WORKERS ?= -n 4
+
 pytest: $(STAMP) browser-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test: lint pytest
 
 # The same suite on PostgreSQL (127.0.0.1:5432, trust auth, database "test" unless PG* says otherwise).
 test-postgres: $(STAMP) browser-deps
-	CLOUDTASK_TEST_DATABASE=postgres $(PY) -m pytest $(PYTEST_ARGS)
+	CLOUDTASK_TEST_DATABASE=postgres $(PY) -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) sample_app/manage.py demo
 
-# Keeps the sample shop running for clicking around (PORT=8001 to move it off 8000).
+# Keeps the sample shop running for clicking around (PORT=8001 to move it off 8000). Each start
+# empties the shop's orders and task rows of earlier runs; KEEP_DATA=1 keeps them.
 demo-serve: $(STAMP)
-	$(PY) sample_app/manage.py demo --serve $(if $(PORT),--port $(PORT))
+	$(PY) sample_app/manage.py demo --serve $(if $(PORT),--port $(PORT)) $(if $(KEEP_DATA),--keep-data)
 
 # Every benchmark (bench/run.py); BENCH="api.py async_send.py" runs only those scripts.
 bench: $(STAMP)

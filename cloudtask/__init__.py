@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         UnknownTask,
     )
     from .request import CloudTaskRequest
+    from .schedules import Schedule, schedule
     from .tasks import ARGS_HASH, Task, TaskCall, TaskHandle, on_commit_task, send_many, task
 
 #: Where each public name lives.
@@ -37,6 +38,8 @@ _MODULES = {
     "bind": "bindings",
     "unbind": "bindings",
     "CloudTaskRequest": "request",
+    "Schedule": "schedules",
+    "schedule": "schedules",
     "ARGS_HASH": "tasks",
     "Task": "tasks",
     "TaskCall": "tasks",
@@ -77,6 +80,7 @@ __all__ = [
     "ObjectDeleted",
     "QueueNotFound",
     "Retry",
+    "Schedule",
     "Task",
     "TaskAlreadyExists",
     "TaskCall",
@@ -85,6 +89,7 @@ __all__ = [
     "UnknownTask",
     "bind",
     "on_commit_task",
+    "schedule",
     "send_many",
     "task",
     "unbind",

@@ -38,8 +38,15 @@ from django.db.models import signals as model_signals
 from django.dispatch import Signal
 from model_utils import FieldTracker
 
-from . import dispatch
-from .dispatch import TaskHandle
+from .conf import require_installed
+from .dispatch import (
+    TaskHandle,
+    call_in_transaction,
+    defer,
+    defer_keyed,
+    pending_state,
+    report_failure,
+)
 from .exceptions import ConfigurationError
 from .serialization import encode_value
 
@@ -415,34 +422,34 @@ class Binding:
 
     def _send(self, handle: TaskHandle, alias: str) -> None:
         try:
-            dispatch.defer(handle, using=alias)
+            defer(handle, using=alias)
         except Exception as exc:
-            if dispatch.call_in_transaction(alias):
+            if call_in_transaction(alias):
                 raise
             # Autocommit: the row is already committed, so the save must not fail because the
             # queue did; report the failure like one after a commit.
-            dispatch.report_failure(handle, exc)
+            report_failure(handle, exc)
 
     def _receive_save(self, sender: Any, kwargs: dict[str, Any]) -> None:
         instance: models.Model = kwargs["instance"]
         event = "created" if kwargs.get("created") else "updated"
         changes = self._capture(instance, event == "created", kwargs.get("update_fields"))
         alias = self._alias(sender, kwargs)
-        if self.coalesce and dispatch.call_in_transaction(alias):
+        if self.coalesce and call_in_transaction(alias):
             key = (self, instance._meta.label_lower, instance.pk)
-            previous = dispatch.pending_state(key, alias)
+            previous = pending_state(key, alias)
             if isinstance(previous, _Pending):
                 event = previous.event
                 changes = _merge(previous.changes, changes, event)
             state = _Pending(event, changes)
             if self._passes(event, changes, sender, kwargs):
                 handle = self._handle(self._save_arguments(instance, event, changes))
-                dispatch.defer_keyed(handle, alias, key=key, state=state)
+                defer_keyed(handle, alias, key=key, state=state)
             else:
                 # Remembered without a task: a later save of this instance in the transaction
                 # merges into it (an instance created here stays "created"; a field that went
                 # back to where it started cancels), and sends only if the merge qualifies.
-                dispatch.defer_keyed(None, alias, key=key, state=state)
+                defer_keyed(None, alias, key=key, state=state)
             return
         if self._passes(event, changes, sender, kwargs):
             self._send(self._handle(self._save_arguments(instance, event, changes)), alias)
@@ -565,6 +572,9 @@ def bind(
     registry is ready, the binding is connected (and checked) at app ready; declared later,
     at once. A bad declaration raises ConfigurationError.
     """
+    # A binding in a project without cloudtask installed would never be connected (that is
+    # done at app ready): refuse it where it is declared.
+    require_installed()
     if signal is None:
         signal = model_signals.post_delete if options.get("deleted") else model_signals.post_save
     binding = Binding(signal, task=task, **options)

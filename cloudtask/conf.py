@@ -6,12 +6,17 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cached_property
+from os import PathLike
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings as django_settings
 from django.core.signals import setting_changed
 from django.dispatch import Signal, receiver
 
+from . import cloudrun
+from .emulator import cron, policy
 from .exceptions import ConfigurationError
 
 #: Aliases accepted by CLOUDTASK["TRANSPORT"].
@@ -53,6 +58,10 @@ DEFAULTS: dict[str, Any] = {
     "RECORDS": True,
     "RECORDS_RETENTION": 30,
     "UNKNOWN_TASK_ATTEMPTS": 10,
+    # Queue id -> rate limits and retry config, applied by `manage.py cloudtask_sync`.
+    "QUEUES": {},
+    # Schedule name -> cron job of a task, fired by Cloud Scheduler (cloudtask.schedules).
+    "SCHEDULES": {},
 }
 
 EMULATOR_DEFAULTS: dict[str, Any] = {
@@ -63,18 +72,51 @@ EMULATOR_DEFAULTS: dict[str, Any] = {
     "MAX_TASK_SIZE": 1_048_576,
     # Queues created when the emulator starts (it creates others on first use anyway).
     "QUEUES": (),
+    # One background emulator per project, shared by every process, its tasks kept on disk
+    # (False: an emulator inside each process, whose tasks die with it).
+    "PERSIST": True,
+    # Where that emulator keeps its state, lock and log (None: see transports.emulator.state_dir).
+    "STATE_DIR": None,
+    # Seconds the background emulator lives with no call and no task held (None: forever).
+    "IDLE_TIMEOUT": 3600.0,
 }
 
 MIN_DISPATCH_DEADLINE = timedelta(seconds=15)
 MAX_DISPATCH_DEADLINE = timedelta(minutes=30)
 
 
+#: What cloudtask says when it is used in a project that does not install it.
+NOT_INSTALLED = (
+    "'cloudtask' is not in INSTALLED_APPS: add it (INSTALLED_APPS = [..., \"cloudtask\"]). "
+    "Without it no app's tasks module is imported, so the endpoint knows no task; model-signal "
+    "bindings are never connected; cloudtask's system checks and manage.py commands "
+    "(cloudtask_tasks, cloudtask_outbox, ...) do not exist; and its tables (the outbox, "
+    "execution records, dead letters) are never created."
+)
+
+
+def require_installed() -> None:
+    """ConfigurationError(NOT_INSTALLED) when the app registry is loaded without cloudtask.
+
+    Called when cloudtask.registry and cloudtask.models are first imported: every way into
+    cloudtask (the seed API, the django.tasks backend, bindings, the endpoint, the checks)
+    imports one of them. Otherwise Django's own error for cloudtask's models would be the
+    first word, and it advises declaring an app_label, which is the wrong fix. Before the app
+    registry has loaded its apps (a module imported from settings), nothing can be told yet,
+    and nothing is said.
+    """
+    if apps.apps_ready and not apps.is_installed("cloudtask"):
+        raise ConfigurationError(NOT_INSTALLED)
+
+
 @dataclass(frozen=True)
 class CloudTaskSettings:
-    project: str | None
-    location: str | None
-    sae: str | None
-    url: str | None
+    #: PROJECT, LOCATION, SAE and URL as written in CLOUDTASK (None: unset). Code reads .project,
+    #: .location, .sae and .url, which fill an unset one on Cloud Run.
+    configured_project: str | None
+    configured_location: str | None
+    configured_sae: str | None
+    configured_url: str | None
     queue: str
     #: Every accepted secret; the first one signs.
     secrets: tuple[str, ...]
@@ -109,6 +151,19 @@ class CloudTaskSettings:
     unknown_task_attempts: int
     #: Each secret encoded once, as HMAC keys (cloudtask.signing).
     secret_keys: tuple[bytes, ...] = field(repr=False, compare=False, default=())
+    #: CLOUDTASK["QUEUES"]: queue id -> what cloudtask_sync sets on it.
+    queues: Mapping[str, QueueConfig] = field(default_factory=dict)
+    #: The Cloud Run container unset values are detected in (None: not on Cloud Run).
+    cloud_run: cloudrun.CloudRun | None = field(default=None, repr=False, compare=False)
+    #: CLOUDTASK["SCHEDULES"] as written: read (once) through .schedules.
+    schedules_setting: Any = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def schedules(self) -> tuple[dict[str, Schedule], list[ScheduleSettingError]]:
+        """CLOUDTASK["SCHEDULES"] read: the valid schedules, and every mistake. A mistake is
+        reported by the checks and raised where schedules are used, not when the settings are
+        built, so a bad cron line never stops tasks from being sent."""
+        return read_schedules(self.schedules_setting)
 
     @property
     def transport_path(self) -> str:
@@ -117,6 +172,50 @@ class CloudTaskSettings:
     @property
     def authenticated(self) -> bool:
         return bool(self.secrets) or self.oidc_verify
+
+    # Explicit settings win. On Cloud Run an unset one is detected the first time it is read,
+    # so building the settings never waits on a metadata server, and the URL's path is
+    # reversed only once the URLconf can be loaded. DetectionError if it cannot be detected.
+    @cached_property
+    def project(self) -> str | None:
+        return self._value("PROJECT", self.configured_project)
+
+    @cached_property
+    def location(self) -> str | None:
+        return self._value("LOCATION", self.configured_location)
+
+    @cached_property
+    def sae(self) -> str | None:
+        return self._value("SAE", self.configured_sae)
+
+    @cached_property
+    def url(self) -> str | None:
+        return self._value("URL", self.configured_url)
+
+    def _value(self, key: str, configured: str | None) -> str | None:
+        if configured is not None or self.cloud_run is None:
+            return configured
+        return self.cloud_run.detect(key).value
+
+    def detections(self) -> dict[str, cloudrun.Detected | cloudrun.DetectionError]:
+        """On Cloud Run, each of PROJECT, LOCATION, SAE and URL left unset: what was detected
+        for it, or why nothing was ({} elsewhere). Makes the lookups not made yet."""
+        found: dict[str, cloudrun.Detected | cloudrun.DetectionError] = {}
+        if self.cloud_run is None:
+            return found
+        configured = (
+            self.configured_project,
+            self.configured_location,
+            self.configured_sae,
+            self.configured_url,
+        )
+        for key, value in zip(cloudrun.DETECTABLE, configured, strict=True):
+            if value is None:
+                try:
+                    found[key] = self.cloud_run.detect(key)
+                except cloudrun.DetectionError as exc:
+                    found[key] = exc
+        return found
 
 
 def _optional_str(raw: Mapping[str, Any], key: str) -> str | None:
@@ -160,6 +259,29 @@ def _count(raw: Mapping[str, Any], key: str, *, zero: bool) -> int:
     return value
 
 
+def _emulator_options(emulator: Mapping[str, Any]) -> None:
+    """Validate the CLOUDTASK["EMULATOR"] keys of the shared background emulator."""
+    persist = emulator.get("PERSIST", True)
+    if not isinstance(persist, bool):
+        raise ConfigurationError(
+            f'CLOUDTASK["EMULATOR"]["PERSIST"] must be True or False, not {persist!r}.'
+        )
+    state_dir = emulator.get("STATE_DIR")
+    if state_dir is not None and (not isinstance(state_dir, str | PathLike) or not str(state_dir)):
+        raise ConfigurationError(
+            'CLOUDTASK["EMULATOR"]["STATE_DIR"] must be a directory path (a string or a Path) '
+            f"or None, not {state_dir!r}."
+        )
+    idle = emulator.get("IDLE_TIMEOUT", 3600.0)
+    if idle is not None and (
+        isinstance(idle, bool) or not isinstance(idle, int | float) or idle <= 0
+    ):
+        raise ConfigurationError(
+            'CLOUDTASK["EMULATOR"]["IDLE_TIMEOUT"] must be a positive number of seconds or None '
+            f"(never stop), not {idle!r}."
+        )
+
+
 def parse_deadline(value: object, where: str) -> timedelta | None:
     """Turn seconds or a timedelta into a timedelta within Cloud Tasks' 15 s to 30 min."""
     if value is None:
@@ -174,6 +296,462 @@ def parse_deadline(value: object, where: str) -> timedelta | None:
             f"{where} is {deadline.total_seconds():g} s; Cloud Tasks accepts 15 s to 30 minutes."
         )
     return deadline
+
+
+# -- CLOUDTASK["QUEUES"]: the queues `manage.py cloudtask_sync` makes match the settings ----------
+
+#: The keys of a QUEUES entry: Cloud Tasks' RateLimits fields, then its RetryConfig fields.
+QUEUE_RATE_KEYS = ("max_dispatches_per_second", "max_concurrent_dispatches")
+QUEUE_RETRY_KEYS = (
+    "max_attempts",
+    "max_retry_duration",
+    "min_backoff",
+    "max_backoff",
+    "max_doublings",
+)
+QUEUE_KEYS = QUEUE_RATE_KEYS + QUEUE_RETRY_KEYS
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """One CLOUDTASK["QUEUES"] entry. None: the key is not set, and the queue keeps its own value
+    (Google's default on a queue cloudtask_sync creates)."""
+
+    max_dispatches_per_second: float | None = None
+    max_concurrent_dispatches: int | None = None
+    #: Counts the first attempt; -1 is unlimited.
+    max_attempts: int | None = None
+    #: Zero is unlimited.
+    max_retry_duration: timedelta | None = None
+    min_backoff: timedelta | None = None
+    max_backoff: timedelta | None = None
+    max_doublings: int | None = None
+
+
+class QueueSettingError(ConfigurationError):
+    """A mistake in CLOUDTASK["QUEUES"]; ``rule`` names which kind (each has its check id)."""
+
+    def __init__(self, message: str, *, rule: str) -> None:
+        super().__init__(message)
+        #: "shape", "unknown", "rate", "retry" or "backoff".
+        self.rule = rule
+
+
+def _queue_value(key: str, value: object, where: str) -> Any:
+    """value for a QUEUES entry's key, typed; QueueSettingError when Cloud Tasks would refuse it.
+
+    Zero is refused where the API cannot carry it: RateLimits and RetryConfig hold plain proto3
+    integers and doubles, for which 0 is "unset" and makes Cloud Tasks pick its default.
+    """
+    number = None if isinstance(value, bool) or not isinstance(value, int | float) else value
+    integer = number if isinstance(number, int) else None
+    if key == "max_dispatches_per_second":
+        if number is None or not 0 < number <= policy.MAX_DISPATCHES_PER_SECOND:
+            raise QueueSettingError(
+                f"{where} must be a number of tasks per second above 0 and at most "
+                f"{policy.MAX_DISPATCHES_PER_SECOND:g} (Cloud Tasks' limit), not {value!r}; "
+                "to stop a queue, pause it.",
+                rule="rate",
+            )
+        return float(number)
+    if key == "max_concurrent_dispatches":
+        if integer is None or not 1 <= integer <= policy.MAX_CONCURRENT_DISPATCHES:
+            raise QueueSettingError(
+                f"{where} must be an integer from 1 to {policy.MAX_CONCURRENT_DISPATCHES} "
+                f"(Cloud Tasks' limit), not {value!r}.",
+                rule="rate",
+            )
+        return integer
+    if key == "max_attempts":
+        if integer is None or not (integer == -1 or integer >= 1):
+            raise QueueSettingError(
+                f"{where} must be -1 (unlimited) or a positive integer (it counts the first "
+                f"attempt), not {value!r}.",
+                rule="retry",
+            )
+        return integer
+    if key == "max_doublings":
+        if integer is None or integer < 1:
+            raise QueueSettingError(
+                f"{where} must be a positive integer, not {value!r} (0 cannot be sent: the API "
+                "reads it as unset and Cloud Tasks picks its default, 16).",
+                rule="retry",
+            )
+        return integer
+    # A duration: whole seconds, as Cloud Tasks truncates them (a fraction would never match).
+    if isinstance(value, timedelta):
+        duration = value
+    elif number is not None:
+        duration = timedelta(seconds=number)
+    else:
+        raise QueueSettingError(
+            f"{where} must be a number of seconds or a timedelta, not {value!r}.", rule="retry"
+        )
+    if duration < timedelta(0) or duration.microseconds:
+        raise QueueSettingError(
+            f"{where} must be a whole, non-negative number of seconds (Cloud Tasks truncates "
+            f"to the second), not {duration.total_seconds():g} s.",
+            rule="retry",
+        )
+    return duration
+
+
+def _queue_config(queue_id: str, options: Mapping[Any, Any]) -> QueueConfig:
+    where = f'CLOUDTASK["QUEUES"][{queue_id!r}]'
+    if "max_burst_size" in options:
+        raise QueueSettingError(
+            f"{where}['max_burst_size']: Cloud Tasks computes a queue's burst size from "
+            "max_dispatches_per_second (the field is output only): remove the key.",
+            rule="unknown",
+        )
+    unknown = sorted(map(str, set(options) - set(QUEUE_KEYS)))
+    if unknown:
+        raise QueueSettingError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"known keys: {', '.join(QUEUE_KEYS)}.",
+            rule="unknown",
+        )
+    values = {
+        key: _queue_value(key, value, f"{where}[{key!r}]")
+        for key, value in options.items()
+        if value is not None
+    }
+    config = QueueConfig(**values)
+    if config.min_backoff is not None or config.max_backoff is not None:
+        # A key left out is Google's default on a new queue (0.1 s and 1 hour).
+        low = config.min_backoff
+        high = config.max_backoff
+        if low is None:
+            low = timedelta(seconds=policy.DEFAULT_MIN_BACKOFF)
+        if high is None:
+            high = timedelta(seconds=policy.DEFAULT_MAX_BACKOFF)
+        if low > high:
+            default = ", Google's default"
+            raise QueueSettingError(
+                f"{where}: min_backoff ({low.total_seconds():g} s"
+                f"{default if config.min_backoff is None else ''}) is greater than max_backoff "
+                f"({high.total_seconds():g} s{default if config.max_backoff is None else ''}); "
+                "Cloud Tasks refuses that.",
+                rule="backoff",
+            )
+    return config
+
+
+def read_queues(value: object) -> tuple[dict[str, QueueConfig], list[QueueSettingError]]:
+    """CLOUDTASK["QUEUES"]: every entry that is right, and every mistake (the checks list them
+    all). Queue id syntax is the checks' business (cloudtask.message, a layer above)."""
+    if value is None:
+        return {}, []
+    if not isinstance(value, Mapping):
+        return {}, [
+            QueueSettingError(
+                f'CLOUDTASK["QUEUES"] must be a dict of queue id -> options, not {value!r}.',
+                rule="shape",
+            )
+        ]
+    queues: dict[str, QueueConfig] = {}
+    problems: list[QueueSettingError] = []
+    for queue_id, options in value.items():
+        if not isinstance(queue_id, str) or not isinstance(options, Mapping):
+            problems.append(
+                QueueSettingError(
+                    f'CLOUDTASK["QUEUES"] maps queue ids to dicts of options; {queue_id!r}: '
+                    f"{options!r} is not one.",
+                    rule="shape",
+                )
+            )
+            continue
+        try:
+            queues[queue_id] = _queue_config(queue_id, options)
+        except QueueSettingError as exc:
+            problems.append(exc)
+    return queues, problems
+
+
+def parse_queues(value: object) -> dict[str, QueueConfig]:
+    queues, problems = read_queues(value)
+    if problems:
+        raise problems[0]
+    return queues
+
+
+# -- CLOUDTASK["SCHEDULES"]: cron jobs Cloud Scheduler fires (cloudtask.schedules) ----------------
+
+#: The keys of a SCHEDULES entry, and of its "retry" dict (Cloud Scheduler's RetryConfig).
+SCHEDULE_KEYS = (
+    "task",
+    "cron",
+    "time_zone",
+    "args",
+    "kwargs",
+    "queue",
+    "url",
+    "deadline",
+    "retry",
+    "description",
+)
+SCHEDULE_RETRY_KEYS = (
+    "retry_count",
+    "max_retry_duration",
+    "min_backoff",
+    "max_backoff",
+    "max_doublings",
+)
+#: Cloud Scheduler's attempt_deadline when a schedule sets none.
+DEFAULT_SCHEDULE_DEADLINE = timedelta(seconds=cron.DEFAULT_ATTEMPT_DEADLINE)
+#: Ends the description of every job cloudtask makes: how `cloudtask_sync` tells its own jobs
+#: (which it may update and delete) from jobs made by hand.
+MANAGED_MARKER = "[managed by cloudtask]"
+
+
+@dataclass(frozen=True)
+class ScheduleRetry:
+    """What Cloud Scheduler does when a firing fails (its RetryConfig; Google's defaults)."""
+
+    #: Retries after a failed attempt, 0 to 5 (0: wait for the next cron time).
+    retry_count: int = 0
+    #: Retrying stops once both retry_count and this are reached; zero: retry_count alone.
+    max_retry_duration: timedelta = timedelta(0)
+    min_backoff: timedelta = timedelta(seconds=cron.DEFAULT_MIN_BACKOFF)
+    max_backoff: timedelta = timedelta(seconds=cron.DEFAULT_MAX_BACKOFF)
+    max_doublings: int = cron.DEFAULT_MAX_DOUBLINGS
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One cron schedule of a task: a CLOUDTASK["SCHEDULES"] entry or an ``@schedule``."""
+
+    #: The Cloud Scheduler job id.
+    name: str
+    #: The registered name of the task each firing runs.
+    task: str
+    #: Unix-cron, five fields, read in time_zone.
+    cron: str
+    time_zone: str = "UTC"
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    #: A Cloud Tasks queue: each firing enqueues the call there instead of running it inline.
+    queue: str | None = None
+    #: The endpoint's URL (None: CLOUDTASK["URL"]).
+    url: str | None = None
+    #: Cloud Scheduler's attempt_deadline for an inline run (15 s to 30 min).
+    deadline: timedelta = DEFAULT_SCHEDULE_DEADLINE
+    retry: ScheduleRetry = field(default_factory=ScheduleRetry)
+    description: str = ""
+
+
+class ScheduleSettingError(ConfigurationError):
+    """A mistake in a schedule; ``rule`` names which kind (each has its check id)."""
+
+    def __init__(self, message: str, *, rule: str, schedule: str | None = None) -> None:
+        super().__init__(message)
+        #: "shape", "cron", "time_zone" or "option".
+        self.rule = rule
+        #: The schedule's name (None: the setting as a whole).
+        self.schedule = schedule
+
+
+def _schedule_duration(value: object, where: str, *, low: float, high: float | None) -> timedelta:
+    if isinstance(value, timedelta):
+        duration = value
+    elif not isinstance(value, bool) and isinstance(value, int | float):
+        duration = timedelta(seconds=value)
+    else:
+        raise ScheduleSettingError(
+            f"{where} must be a number of seconds or a timedelta, not {value!r}.", rule="option"
+        )
+    seconds = duration.total_seconds()
+    if seconds < low or (high is not None and seconds > high):
+        bounds = f"{low:g} s to {high:g} s" if high is not None else f"at least {low:g} s"
+        raise ScheduleSettingError(
+            f"{where} is {seconds:g} s; Cloud Scheduler accepts {bounds}.", rule="option"
+        )
+    return duration
+
+
+def _schedule_retry(value: object, where: str) -> ScheduleRetry:
+    if not isinstance(value, Mapping):
+        raise ScheduleSettingError(
+            f"{where} must be a dict with keys among {', '.join(SCHEDULE_RETRY_KEYS)}, "
+            f"not {value!r}.",
+            rule="option",
+        )
+    unknown = sorted(map(str, set(value) - set(SCHEDULE_RETRY_KEYS)))
+    if unknown:
+        raise ScheduleSettingError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; known keys: "
+            f"{', '.join(SCHEDULE_RETRY_KEYS)}.",
+            rule="option",
+        )
+    values: dict[str, Any] = {}
+    count = value.get("retry_count", 0)
+    if (
+        isinstance(count, bool)
+        or not isinstance(count, int)
+        or not 0 <= count <= cron.MAX_RETRY_COUNT
+    ):
+        raise ScheduleSettingError(
+            f'{where}["retry_count"] must be an integer from 0 to {cron.MAX_RETRY_COUNT} (Cloud '
+            f"Scheduler's limit), not {count!r}.",
+            rule="option",
+        )
+    values["retry_count"] = count
+    for key in ("max_retry_duration", "min_backoff", "max_backoff"):
+        if key in value:
+            values[key] = _schedule_duration(value[key], f"{where}[{key!r}]", low=0, high=None)
+    if "max_doublings" in value:
+        doublings = value["max_doublings"]
+        if isinstance(doublings, bool) or not isinstance(doublings, int) or doublings < 1:
+            raise ScheduleSettingError(
+                f'{where}["max_doublings"] must be a positive integer, not {doublings!r} (0 '
+                "cannot be sent: the API reads it as unset and Cloud Scheduler picks 5).",
+                rule="option",
+            )
+        values["max_doublings"] = doublings
+    retry = ScheduleRetry(**values)
+    if retry.min_backoff > retry.max_backoff:
+        raise ScheduleSettingError(
+            f"{where}: min_backoff ({retry.min_backoff.total_seconds():g} s) is greater than "
+            f"max_backoff ({retry.max_backoff.total_seconds():g} s); Cloud Scheduler refuses that.",
+            rule="option",
+        )
+    return retry
+
+
+def parse_schedule(name: object, options: object, where: str) -> Schedule:
+    """One schedule from its name and options (a SCHEDULES entry's dict, or what @schedule
+    was given); ScheduleSettingError naming ``where`` and the key when Cloud Scheduler would
+    refuse it. Whether the task exists and takes the arguments is the checks' business
+    (cloudtask.registry and cloudtask.serialization sit a layer above)."""
+    if err := cron.job_id_error(name):
+        raise ScheduleSettingError(
+            f"{where}: the schedule name is its Cloud Scheduler job id, and {err}.", rule="shape"
+        )
+    assert isinstance(name, str)
+    if not isinstance(options, Mapping):
+        raise ScheduleSettingError(
+            f'{where} must be a dict with at least "task" and "cron", not {options!r}.',
+            rule="shape",
+            schedule=name,
+        )
+    unknown = sorted(map(str, set(options) - set(SCHEDULE_KEYS)))
+    if unknown:
+        raise ScheduleSettingError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; known keys: "
+            f"{', '.join(SCHEDULE_KEYS)}.",
+            rule="shape",
+            schedule=name,
+        )
+    task = options.get("task")
+    if not isinstance(task, str) or not task:
+        raise ScheduleSettingError(
+            f'{where}["task"] must be the registered name of a task (e.g. "shop.tasks.report"), '
+            f"not {task!r}.",
+            rule="shape",
+            schedule=name,
+        )
+    expression = options.get("cron")
+    if err := cron.cron_error(expression):
+        raise ScheduleSettingError(f'{where}["cron"]: {err}.', rule="cron", schedule=name)
+    assert isinstance(expression, str)
+    zone = options.get("time_zone", "UTC")
+    if err := cron.time_zone_error(zone):
+        raise ScheduleSettingError(f'{where}["time_zone"]: {err}.', rule="time_zone", schedule=name)
+    args = options.get("args", ())
+    if not isinstance(args, list | tuple):
+        raise ScheduleSettingError(
+            f'{where}["args"] must be a list of positional arguments, not {args!r}.',
+            rule="shape",
+            schedule=name,
+        )
+    kwargs = options.get("kwargs") or {}
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise ScheduleSettingError(
+            f'{where}["kwargs"] must be a dict of keyword arguments, not {kwargs!r}.',
+            rule="shape",
+            schedule=name,
+        )
+    values: dict[str, Any] = {}
+    for key in ("queue", "url"):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ScheduleSettingError(
+                f"{where}[{key!r}] must be a non-empty string or None, not {value!r}.",
+                rule="option",
+                schedule=name,
+            )
+        values[key] = value
+    url = values["url"]
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ScheduleSettingError(
+            f'{where}["url"] must be the endpoint\'s absolute http(s) URL, not {url!r}.',
+            rule="option",
+            schedule=name,
+        )
+    description = options.get("description", "")
+    room = cron.MAX_DESCRIPTION - len(MANAGED_MARKER) - 1
+    if not isinstance(description, str) or len(description) > room:
+        raise ScheduleSettingError(
+            f'{where}["description"] must be a string of at most {room} characters (Cloud '
+            f"Scheduler's 500, less cloudtask's marker), not {description!r}.",
+            rule="option",
+            schedule=name,
+        )
+    try:
+        deadline = (
+            _schedule_duration(
+                options["deadline"],
+                f'{where}["deadline"]',
+                low=cron.MIN_ATTEMPT_DEADLINE,
+                high=cron.MAX_ATTEMPT_DEADLINE,
+            )
+            if options.get("deadline") is not None
+            else DEFAULT_SCHEDULE_DEADLINE
+        )
+        retry = (
+            _schedule_retry(options["retry"], f'{where}["retry"]')
+            if options.get("retry") is not None
+            else ScheduleRetry()
+        )
+    except ScheduleSettingError as exc:
+        exc.schedule = name
+        raise
+    return Schedule(
+        name=name,
+        task=task,
+        cron=" ".join(expression.split()),
+        time_zone=zone,
+        args=tuple(args),
+        kwargs=dict(kwargs),
+        queue=values["queue"],
+        url=url,
+        deadline=deadline,
+        retry=retry,
+        description=description,
+    )
+
+
+def read_schedules(value: object) -> tuple[dict[str, Schedule], list[ScheduleSettingError]]:
+    """CLOUDTASK["SCHEDULES"]: every entry that is right, and every mistake (the checks list
+    them all, cloudtask.E028-E031; cloudtask.schedules raises the first)."""
+    if value is None:
+        return {}, []
+    if not isinstance(value, Mapping):
+        return {}, [
+            ScheduleSettingError(
+                f'CLOUDTASK["SCHEDULES"] must be a dict of schedule name -> options, not '
+                f"{value!r}.",
+                rule="shape",
+            )
+        ]
+    schedules: dict[str, Schedule] = {}
+    problems: list[ScheduleSettingError] = []
+    for name, options in value.items():
+        try:
+            schedules[name] = parse_schedule(name, options, f'CLOUDTASK["SCHEDULES"][{name!r}]')
+        except ScheduleSettingError as exc:
+            problems.append(exc)
+    return schedules, problems
 
 
 def build_settings(user: object) -> CloudTaskSettings:
@@ -232,6 +810,8 @@ def build_settings(user: object) -> CloudTaskSettings:
             f'CLOUDTASK["EMULATOR"]["QUEUES"] must be a list of queue ids, not {queues!r}.'
         )
 
+    _emulator_options(emulator)
+
     size = raw["MAX_PAYLOAD_SIZE"]
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise ConfigurationError(
@@ -248,10 +828,10 @@ def build_settings(user: object) -> CloudTaskSettings:
         raise ConfigurationError(f'CLOUDTASK["QUEUE"] must be a queue id string, not {queue!r}.')
 
     return CloudTaskSettings(
-        project=_optional_str(raw, "PROJECT"),
-        location=_optional_str(raw, "LOCATION"),
-        sae=_optional_str(raw, "SAE"),
-        url=_optional_str(raw, "URL"),
+        configured_project=_optional_str(raw, "PROJECT"),
+        configured_location=_optional_str(raw, "LOCATION"),
+        configured_sae=_optional_str(raw, "SAE"),
+        configured_url=_optional_str(raw, "URL"),
         queue=queue,
         secrets=secrets,
         transport=transport,
@@ -276,6 +856,12 @@ def build_settings(user: object) -> CloudTaskSettings:
         records_retention=_count(raw, "RECORDS_RETENTION", zero=True),
         unknown_task_attempts=_count(raw, "UNKNOWN_TASK_ATTEMPTS", zero=False),
         secret_keys=tuple(s.encode() for s in secrets),
+        # Last: the checks report a QUEUES mistake on its own (cloudtask.E023-E027) and check
+        # the rest without it, which needs every other key read first.
+        queues=parse_queues(raw["QUEUES"]),
+        # Reads the environment only: nothing is looked up before a value is needed.
+        cloud_run=cloudrun.current(),
+        schedules_setting=raw["SCHEDULES"],
     )
 
 
@@ -304,6 +890,9 @@ def reset() -> None:
     global _cached
     with _lock:
         _cached = None
+    # What was detected on Cloud Run goes too, so a test that changes the environment (or a
+    # process whose metadata server failed once) looks again.
+    cloudrun.reset()
     settings_reset.send(sender=CloudTaskSettings)
 
 

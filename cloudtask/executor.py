@@ -348,7 +348,16 @@ def _failed(task: Runnable, request: CloudTaskRequest, exc: Exception) -> Execut
             exc_info=exc,
         )
     elif isinstance(exc, Retry):
-        logger.info("Task %s (%s) asked to retry: %s", task.name, request.task_id, exc)
+        # A retry the task asked for is expected (a timeout it knows to be transient): one line,
+        # no traceback, so it does not read like a crash; an unexpected exception gets both.
+        logger.warning(
+            "Task %s (%s) asked for a retry on attempt %d: %s: %s",
+            task.name,
+            request.task_id,
+            attempt,
+            type(exc).__name__,
+            exc,
+        )
     else:
         logger.error(
             "Task %s (%s) failed on attempt %d; Cloud Tasks will retry.",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from typing import Any
 
 from django.conf import settings as django_settings
 from django.http import (
@@ -24,9 +25,15 @@ from django.http import (
 )
 from django.utils import timezone
 
-from . import outbox, records, registry
+from . import outbox, records, registry, schedules
 from .conf import CloudTaskSettings, get_settings
-from .exceptions import InvalidTaskRequest, UnknownTask
+from .exceptions import (
+    EnqueueError,
+    InvalidTaskRequest,
+    ObjectDeleted,
+    TaskAlreadyExists,
+    UnknownTask,
+)
 from .executor import Execution, Outcome, execute_encoded
 from .oidc import verify_bearer
 from .request import CloudTaskRequest
@@ -100,13 +107,54 @@ def handle(request: HttpRequest) -> HttpResponse:
         task = registry.get(name)
     except UnknownTask as exc:
         return _unknown(request, settings, name, exc)
-    execution = execute_encoded(
-        task, CloudTaskRequest.from_http(request, task), raw_args, raw_kwargs
-    )
+    firing = schedules.firing_of(request)
+    if firing is not None and firing.queue is not None:
+        return _enqueue_firing(request, settings, task, firing, raw_args, raw_kwargs)
+    execution = execute_encoded(task, _task_request(request, task, firing), raw_args, raw_kwargs)
     if execution.outcome is Outcome.UNDECODABLE:
         assert execution.error is not None
         return _undecodable(request, settings, name, execution.error, "malformed task arguments")
     return respond(execution)
+
+
+def _task_request(
+    request: HttpRequest, task: Any, firing: schedules.Firing | None
+) -> CloudTaskRequest:
+    """The request a task runs for: a Cloud Tasks delivery, or a schedule's firing run inline
+    under the firing's task id (so the execution records run a repeated delivery once)."""
+    if firing is None:
+        return CloudTaskRequest.from_http(request, task)
+    return CloudTaskRequest.from_schedule(
+        request, task, task_id=firing.task_id, schedule_time=firing.schedule_time
+    )
+
+
+def _enqueue_firing(
+    request: HttpRequest,
+    settings: CloudTaskSettings,
+    task: Any,
+    firing: schedules.Firing,
+    raw_args: list[Any],
+    raw_kwargs: dict[str, Any],
+) -> HttpResponse:
+    """A firing of a schedule with a queue: the call goes to that Cloud Tasks queue (its retry
+    config, rate limits and deadline then apply) as a task named after the firing, so a
+    repeated delivery of the firing is refused by Cloud Tasks and answered 200."""
+    try:
+        handle = schedules.enqueue_firing(firing, task, raw_args, raw_kwargs)
+    except TaskAlreadyExists:
+        return HttpResponse("firing already enqueued; not again", content_type=_TEXT)
+    except InvalidTaskRequest as exc:
+        return _undecodable(request, settings, task.name, exc, "malformed task arguments")
+    except ObjectDeleted as exc:
+        logger.warning("Schedule %s not enqueued: %s", firing.schedule, exc)
+        return HttpResponse("discarded; not retried", content_type=_TEXT)
+    except EnqueueError as exc:
+        logger.error("Schedule %s could not enqueue task %s: %s", firing.schedule, task.name, exc)
+        return HttpResponse("enqueue failed", status=503, content_type=_TEXT)
+    return HttpResponse(
+        f"enqueued as task {handle.task_id} on queue {firing.queue}", content_type=_TEXT
+    )
 
 
 def _dead_letter(request: HttpRequest, reason: str, name: str, error: BaseException) -> int:
@@ -152,11 +200,23 @@ def _unknown(
         _dead_letter(request, "unknown_task", name, error)
         logger.error("Dead-lettered task %r after %d deliveries: %s", name, attempts, error)
         return HttpResponse("unknown task; dead-lettered, not retried", content_type=_TEXT)
+    # The error names the modules task discovery imported and how to register another one:
+    # the usual cause is a task defined outside an app's tasks.py that nothing imported.
     logger.warning("%s", error)
-    return HttpResponseNotFound("unknown task")
+    return HttpResponseNotFound(f"unknown task: {error}", content_type=_TEXT)
 
 
 _TEXT = "text/plain"
+
+
+def _logged(response: HttpResponse) -> HttpResponse:
+    """Mark a 503 that only says "try again later" (a task raised Retry, or the same task id is
+    running elsewhere) as logged: the executor logged its reason in one WARNING line, and
+    Django would log every 5xx once more as an ERROR on django.request, an alarm for what the
+    task asked for. Django's own views skip that log the same way (django.utils.log.log_response
+    reads this attribute). A crash (500) is still logged by Django."""
+    response._has_been_logged = True  # type: ignore[attr-defined]
+    return response
 
 
 def respond(execution: Execution) -> HttpResponse:
@@ -173,13 +233,13 @@ def respond(execution: Execution) -> HttpResponse:
     if outcome is Outcome.BUSY:
         busy = HttpResponse("running elsewhere; try later", status=503, content_type=_TEXT)
         busy["Retry-After"] = str(math.ceil(execution.retry_after or 1))
-        return busy
+        return _logged(busy)
     if outcome is Outcome.EXHAUSTED:
         response = HttpResponse("failed for good; not retried", content_type=_TEXT)
     elif outcome is Outcome.UNDECODABLE:
         response = HttpResponseBadRequest("malformed task arguments", content_type=_TEXT)
     elif outcome is Outcome.RETRY:
-        response = HttpResponse("retry", status=503, content_type=_TEXT)
+        response = _logged(HttpResponse("retry", status=503, content_type=_TEXT))
         if execution.retry_after is not None:
             response["Retry-After"] = str(math.ceil(execution.retry_after))
     else:

@@ -6,6 +6,12 @@ from datetime import datetime
 
 from django.db import models
 
+from .conf import require_installed
+
+# Before the classes: without cloudtask in INSTALLED_APPS, Django would refuse them with advice
+# about app_label; this says what is actually wrong.
+require_installed()
+
 
 class OutboxMessage(models.Model):
     """One encoded task call, written in the transaction that made it, deleted once Cloud Tasks

@@ -66,6 +66,43 @@ class CloudTaskRequest:
         self.is_local = False
         return self
 
+    @classmethod
+    def from_schedule(
+        cls, request: HttpRequest, task: Any, *, task_id: str, schedule_time: datetime | None
+    ) -> CloudTaskRequest:
+        """Wrap a firing Cloud Scheduler delivered (run inline, no Cloud Tasks queue): its task
+        id is the firing's, its ETA the cron time it fired for."""
+        self = cls.from_http(request, task)
+        values = self.__dict__
+        values["queue_name"] = None
+        values["task_id"] = task_id
+        values["given_eta"] = schedule_time
+        return self
+
+    @cached_property
+    def schedule_name(self) -> str | None:
+        """The schedule (Cloud Scheduler job id) that fired this task; None for a task sent
+        any other way. Read from X-CloudScheduler-JobName, or from the header cloudtask puts
+        on a task a firing enqueued."""
+        meta = self.request.META
+        name = meta.get("HTTP_X_CLOUDSCHEDULER_JOBNAME") or meta.get("HTTP_X_CLOUDTASK_SCHEDULE")
+        return name.rsplit("/", 1)[-1] if name else None
+
+    @cached_property
+    def schedule_time(self) -> datetime | None:
+        """The cron time the schedule fired for (aware); None when not fired by a schedule."""
+        meta = self.request.META
+        raw = meta.get("HTTP_X_CLOUDSCHEDULER_SCHEDULETIME") or meta.get(
+            "HTTP_X_CLOUDTASK_SCHEDULE_TIME"
+        )
+        if not raw or self.schedule_name is None:
+            return None
+        try:
+            when = datetime.fromisoformat(raw.strip())
+        except ValueError:
+            return None
+        return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
     @cached_property
     def queue_name(self) -> str | None:
         """Short queue id."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import inspect
@@ -17,6 +18,7 @@ from typing import (
     TypeVar,
     Unpack,
     cast,
+    get_type_hints,
     overload,
 )
 
@@ -148,9 +150,24 @@ class Task(Generic[P, R]):
             inspect.Parameter.VAR_POSITIONAL,
         ):
             raise TaskRegistrationError(
-                f"{where}: a task's first parameter receives the CloudTaskRequest; "
-                f"{func.__qualname__}() takes none. Write "
-                f"def {func.__name__}(request, ...)."
+                f"{where}: a task's first parameter receives the CloudTaskRequest, and "
+                f"{func.__name__}{_plain(self.signature)} has no positional parameter to take it. "
+                f"Write {request_first(func.__name__, self.signature)}."
+            )
+        # A parameter the request goes to has no default (the request is always passed) and
+        # no annotation the request is not: either one says the author meant an argument.
+        first = params[0]
+        if first.default is not inspect.Parameter.empty:
+            misread = f"has a default ({first.name}={first.default!r})"
+        elif (wrong := _non_request_annotation(func, first)) is not None:
+            misread = f"is annotated {wrong}"
+        else:
+            misread = None
+        if misread is not None:
+            raise TaskRegistrationError(
+                f"{where}: a task's first parameter receives the CloudTaskRequest, but "
+                f"{func.__name__}()'s first parameter {first.name!r} {misread}. Write "
+                f"{request_first(func.__name__, self.signature)}."
             )
         # The signature callers see: the function's, minus the request parameter.
         self.call_signature = (
@@ -191,7 +208,10 @@ class Task(Generic[P, R]):
     # -- what the executor calls (cloudtask.executor.Runnable) -------------------------------
 
     def arguments_error(self, args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
-        return self.arguments.error(args, kwargs)
+        error = self.arguments.error(args, kwargs)
+        if error is None:
+            return None
+        return error + self._request_hint(args, kwargs)
 
     def invoke(
         self, request: CloudTaskRequest, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -201,10 +221,27 @@ class Task(Generic[P, R]):
         return self.func(request, *args, **kwargs)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> TaskCall[P, R]:
-        error = self.arguments.error(args, kwargs)
+        error = self.arguments_error(args, kwargs)
         if error is not None:
             raise InvalidTaskCall(f"{self.func.__name__}(): {error}")
         return TaskCall(self, args, kwargs)
+
+    def _request_hint(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+        """Why arguments that would fit the function do not fit the task: its first parameter
+        is the request's (``@task def hello(name)`` called as ``hello("x")``)."""
+        first = next(iter(self.signature.parameters.values()))
+        if first.kind is inspect.Parameter.VAR_POSITIONAL or looks_like_request(first.name):
+            return ""  # the author knows it is the request: the mismatch is elsewhere
+        if first.name not in kwargs:
+            try:
+                self.signature.bind(*args, **kwargs)
+            except TypeError:
+                return ""
+        return (
+            f". A task's first parameter receives the CloudTaskRequest, so {first.name!r} is not "
+            f"one of {self.func.__name__}()'s arguments: write "
+            f"{request_first(self.func.__name__, self.signature)}."
+        )
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
@@ -369,6 +406,73 @@ class TaskCall(Generic[P, R]):
     def __repr__(self) -> str:
         parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
         return f"<TaskCall {self.task.name}({', '.join(parts)})>"
+
+
+def _plain(signature: inspect.Signature) -> str:
+    """The signature without annotations: "(name, *, flag=False)"."""
+    return str(
+        signature.replace(
+            parameters=[
+                p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()
+            ],
+            return_annotation=inspect.Signature.empty,
+        )
+    )
+
+
+#: First parameter names that say "the request" (beside any name containing "request").
+_REQUEST_NAMES = frozenset({"", "r", "rq", "req", "ctx", "context"})
+
+
+def looks_like_request(name: str) -> bool:
+    """Whether a first parameter's name says it is the request (request, req, r, _, a typo of
+    request, ...), rather than an argument the author meant to pass (``def hello(name)``)."""
+    plain = name.strip("_").lower()
+    return (
+        plain in _REQUEST_NAMES
+        or "request" in plain
+        or difflib.SequenceMatcher(None, plain, "request").ratio() >= 0.8  # a typo of it
+    )
+
+
+def request_first(func_name: str, signature: inspect.Signature) -> str:
+    """How the function must be written as a task: "def hello(request, name)", a request
+    parameter put before the parameters it has now (for the messages that say so)."""
+    params = list(signature.parameters.values())
+    taken = {p.name for p in params}
+    name = next(n for n in ("request", "task_request", "cloudtask_request") if n not in taken)
+    kind = (
+        inspect.Parameter.POSITIONAL_ONLY
+        if params and params[0].kind is inspect.Parameter.POSITIONAL_ONLY
+        else inspect.Parameter.POSITIONAL_OR_KEYWORD
+    )
+    written = signature.replace(parameters=[inspect.Parameter(name, kind), *params])
+    return f"def {func_name}{_plain(written)}"
+
+
+def _non_request_annotation(func: Callable[..., Any], param: inspect.Parameter) -> str | None:
+    """The name of the type the first parameter is annotated with when the CloudTaskRequest is
+    not one (``def hello(name: str)``), else None. An annotation that cannot be resolved here
+    (a name imported only for type checking) proves nothing, and passes."""
+    if (
+        param.annotation is inspect.Parameter.empty
+        or param.kind is inspect.Parameter.VAR_POSITIONAL
+    ):
+        return None
+    annotation: Any = param.annotation
+    if isinstance(annotation, str):
+        try:
+            annotation = get_type_hints(func).get(param.name, Any)
+        except Exception:
+            return None
+    if annotation is Any or not isinstance(annotation, type):
+        return None  # Any (a class since Python 3.11), a union, a generic alias
+    try:
+        if issubclass(CloudTaskRequest, annotation):
+            return None  # CloudTaskRequest, one of its bases, object
+    except TypeError:
+        return None  # a protocol issubclass() cannot test
+    return annotation.__qualname__
 
 
 def _one_id(task: Task[Any, Any], task_id: str | None, name: str | None) -> str | None:

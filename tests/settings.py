@@ -1,6 +1,8 @@
 """Test settings: SQLite by default, PostgreSQL with CLOUDTASK_TEST_DATABASE=postgres."""
 
 import os
+import tempfile
+from pathlib import Path
 
 SECRET_KEY = "cloudtask-tests"
 DEBUG = False
@@ -65,17 +67,20 @@ if os.environ.get("CLOUDTASK_TEST_DATABASE") == "postgres":
         },
     }
 else:
-    # File-backed test databases, so a live server thread and the test share one database.
+    # File-backed test databases, so a live server thread and the test share one database; in
+    # the temporary directory, so that no run (or its pytest-xdist workers' copies, suffixed
+    # _gw0...) leaves files in the checkout.
+    SQLITE_DIR = Path(tempfile.gettempdir())
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": f"cloudtask-tests-{RUN}.sqlite3",
-            "TEST": {"NAME": f"cloudtask-tests-{RUN}.sqlite3"},
+            "NAME": SQLITE_DIR / f"cloudtask-tests-{RUN}.sqlite3",
+            "TEST": {"NAME": SQLITE_DIR / f"cloudtask-tests-{RUN}.sqlite3"},
         },
         "other": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": f"cloudtask-tests-other-{RUN}.sqlite3",
-            "TEST": {"NAME": f"cloudtask-tests-other-{RUN}.sqlite3"},
+            "NAME": SQLITE_DIR / f"cloudtask-tests-other-{RUN}.sqlite3",
+            "TEST": {"NAME": SQLITE_DIR / f"cloudtask-tests-other-{RUN}.sqlite3"},
         },
     }
 

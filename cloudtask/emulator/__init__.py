@@ -13,21 +13,31 @@ No Django import anywhere in this subpackage: it also runs on its own
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import grpc
 from google.cloud.tasks_v2 import CloudTasksClient
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
+if TYPE_CHECKING:
+    from google.cloud.scheduler_v1 import CloudSchedulerClient
+
+from . import cron
 from .clock import Clock, ManualClock, SystemClock
+from .cron import HAVE_SCHEDULER
+from .dashboard import Dashboard
 from .dispatcher import Dispatcher, DispatchRecord
+from .idle import ActivityInterceptor, IdleWatch
 from .oidc import CertsServer, TokenIssuer
+from .persist import StateFile
+from .scheduler import CloudSchedulerService, Scheduler
 from .server import CloudTasksService
 from .state import PROJECT_ID_RE, Store, parse_queue_name
 
@@ -56,6 +66,12 @@ class Emulator:
     ``max_task_size`` bounds the serialized task (bytes). ``clock`` schedules everything
     (a :class:`ManualClock` makes retries deterministic). ``log`` gets one line per dispatch
     (None for silence). ``certs_port`` is the port of the OIDC certificate server (0: any).
+    ``dashboard`` serves a web page of queues, tasks and dispatches on loopback, at
+    :attr:`dashboard_url` (``dashboard_port``; 0: any free port).
+    ``state_path`` keeps queues, tasks and tombstones in that JSON file across restarts.
+    ``hold_unreachable`` keeps a task whose target refuses connections (the site is down) without
+    counting attempts, until it answers. ``idle_timeout`` stops the emulator after that many
+    seconds with no RPC and no task held.
     """
 
     def __init__(
@@ -73,6 +89,11 @@ class Emulator:
         log: TextIO | None = _STDERR,
         oidc_issuer: str = "https://accounts.google.com",
         certs_port: int = 0,
+        dashboard: bool = True,
+        dashboard_port: int = 0,
+        state_path: str | os.PathLike[str] | None = None,
+        hold_unreachable: bool = False,
+        idle_timeout: float | None = None,
     ) -> None:
         if not PROJECT_ID_RE.fullmatch(project):
             raise ValueError(f"Invalid project id {project!r}: use letters, digits, '-', ':', '.'")
@@ -80,6 +101,10 @@ class Emulator:
             raise ValueError(f"dedup_window must not be negative, got {dedup_window!r}")
         if max_task_size <= 0:
             raise ValueError(f"max_task_size must be positive, got {max_task_size!r}")
+        if not 0 <= dashboard_port <= 65535:
+            raise ValueError(f"dashboard_port must be 0 to 65535, got {dashboard_port!r}")
+        if idle_timeout is not None and not idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be positive seconds or None, got {idle_timeout!r}")
         self.host = host
         self.project = project
         self.location = location
@@ -102,6 +127,21 @@ class Emulator:
         self._channel: grpc.Channel | None = None
         self._lock = threading.Lock()
         self._records: list[DispatchRecord] = []
+        #: The Cloud Scheduler service's jobs (None without google-cloud-scheduler, or stopped).
+        self.scheduler: Scheduler | None = None
+        self._scheduler_client: CloudSchedulerClient | None = None
+        self._dashboard_port = dashboard_port if dashboard else None
+        self._dashboard: Dashboard | None = None
+        self.state_path = os.fspath(state_path) if state_path is not None else None
+        self.hold_unreachable = hold_unreachable
+        self.idle_timeout = idle_timeout
+        self._state: StateFile | None = None
+        self._state_loaded = False
+        # Cloud Scheduler jobs kept across stop() and start() (and loaded from the state file).
+        self._jobs: list[dict[str, Any]] = []
+        self._idle: IdleWatch | None = None
+        self._stopped = threading.Event()
+        self._stopped.set()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -110,11 +150,20 @@ class Emulator:
             if self._server is not None:
                 raise RuntimeError("This emulator is already running")
             issuer = TokenIssuer(self.oidc_issuer)
-            dispatcher = Dispatcher(self.store, issuer, self._log, self._records)
+            dispatcher = Dispatcher(
+                self.store, issuer, self._log, self._records, hold_unreachable=self.hold_unreachable
+            )
             service = CloudTasksService(self.store, dispatcher)
+            handlers = [service.handler()]
+            # Cloud Scheduler on the same port, when its client (the optional extra) is installed.
+            scheduler = Scheduler(self.clock, issuer, self._log) if HAVE_SCHEDULER else None
+            if scheduler is not None:
+                handlers.append(CloudSchedulerService(scheduler).handler())
+            activity = ActivityInterceptor()  # for idle_timeout
             server = grpc.server(
                 ThreadPoolExecutor(max_workers=16, thread_name_prefix="cloudtask-emulator-rpc"),
-                handlers=(service.handler(),),
+                interceptors=(activity,),
+                handlers=handlers,
                 # gRPC's 4 MB default would refuse a task the size limit allows.
                 options=[
                     # Refuse a port another server holds instead of sharing it silently.
@@ -136,34 +185,119 @@ class Emulator:
                     "(port in use?): choose another port, or 0 for any free one"
                 ) from cause
             certs = CertsServer(issuer, self.host, self._certs_port)
+            state = self._open_state(scheduler)
+            if scheduler is not None and self._jobs:
+                # The jobs of the state file, or of this emulator before it was stopped.
+                scheduler.restore(self._jobs)
             for queue in self._initial_queues:
                 self.ensure_queue(queue)
+            if state is not None:
+                state.start()
             dispatcher.start()
+            if scheduler is not None:
+                scheduler.start()
             certs.start()
             server.start()
+            if self.idle_timeout is not None:
+                self._idle = IdleWatch(self.idle_timeout, activity, self.pending, self._idle_stop)
+                self._idle.start()
+            self._state = state
+            self._stopped.clear()
             self.issuer = issuer
+            self.scheduler = scheduler
             self._dispatcher, self._server, self._certs, self._port = (
                 dispatcher,
                 server,
                 certs,
                 port,
             )
-            return self
+        if self._dashboard_port is not None:
+            self._start_dashboard(self._dashboard_port)
+        return self
+
+    def _start_dashboard(self, port: int) -> None:
+        # Loopback only, whatever host gRPC binds: the dashboard pauses, purges and runs tasks.
+        dashboard = Dashboard(
+            self.store,
+            self._records,
+            self.client,
+            grpc_address=self.address,
+            host="::1" if ":" in self.host else "127.0.0.1",
+            port=port,
+        )
+        try:
+            dashboard.start()
+        except OSError:
+            self.stop()
+            raise
+        with self._lock:
+            self._dashboard = dashboard
+
+    def _open_state(self, scheduler: Scheduler | None) -> StateFile | None:
+        """The state file, loaded into the store at the first start (later starts keep the
+        store as it is)."""
+        if self.state_path is None:
+            return None
+        state = StateFile(self.store, self.state_path, self._log, scheduler)
+        if not self._state_loaded:
+            state.load()
+            self._jobs = state.jobs
+            self._state_loaded = True
+        return state
+
+    def _idle_stop(self) -> None:
+        if self._log is not None:
+            self._log.write(
+                f"[cloudtask emulator] no call and no task for {self.idle_timeout:g} s: stopping\n"
+            )
+            self._log.flush()
+        self.stop()
 
     def stop(self, grace: float = 1.0) -> None:
         with self._lock:
             server, dispatcher, certs = self._server, self._dispatcher, self._certs
             self._server = self._dispatcher = self._certs = None
             channel, self._channel, self._client = self._channel, None, None
+            scheduler, self.scheduler, self._scheduler_client = self.scheduler, None, None
+            dashboard, self._dashboard = self._dashboard, None
+            state, idle, self._state, self._idle = self._state, self._idle, None, None
+        if idle is not None:
+            idle.cancel()
+        if dashboard is not None:
+            dashboard.stop()  # first: its buttons call the gRPC server
         if server is None:
+            self._stopped.wait()  # another thread is stopping it (idle_timeout): wait for that
             return
-        if channel is not None:
-            channel.close()
-        server.stop(grace).wait()
-        if certs is not None:
-            certs.stop()
-        if dispatcher is not None:
-            dispatcher.stop(grace)
+        try:
+            if channel is not None:
+                channel.close()
+            server.stop(grace).wait()
+            if certs is not None:
+                certs.stop()
+            if dispatcher is not None:
+                dispatcher.stop(grace)
+            if scheduler is not None:
+                scheduler.stop(grace)
+                self._jobs = scheduler.snapshot()
+        finally:
+            if state is not None:
+                state.stop()  # last: the final state has every RPC and delivery result
+            self._stopped.set()
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Wait until the emulator is stopped (by stop(), or by itself after idle_timeout);
+        False on timeout. True at once if it is not running."""
+        return self._stopped.wait(timeout)
+
+    def save(self) -> None:
+        """Write the state file now (no-op without state_path, or when stopped: stop() saved)."""
+        state = self._state
+        if state is not None:
+            state.save(force=True)
+
+    def pending(self) -> int:
+        """Tasks held in all queues (paused ones too): scheduled, waiting to retry, in flight."""
+        return self.store.pending()
 
     def __enter__(self) -> Emulator:
         return self.start()
@@ -200,15 +334,50 @@ class Emulator:
             raise RuntimeError("The emulator is not started: call start() first")
         return f"http://{_bracket(self.host)}:{self._certs.port}/certs"
 
+    @property
+    def dashboard_url(self) -> str:
+        """URL of the web dashboard, such as ``http://127.0.0.1:8125/``."""
+        if self._dashboard is None:
+            if self._dashboard_port is None:
+                raise RuntimeError(
+                    "This emulator has no dashboard: it was made with dashboard=False"
+                )
+            raise RuntimeError("The emulator is not started: call start() first")
+        return self._dashboard.url
+
     def client(self) -> CloudTasksClient:
         """A CloudTasksClient talking plain gRPC to this emulator (one per emulator, reused)."""
         with self._lock:
             if self._client is None:
-                self._channel = grpc.insecure_channel(self.address)
                 self._client = CloudTasksClient(
-                    transport=CloudTasksGrpcTransport(channel=self._channel)
+                    transport=CloudTasksGrpcTransport(channel=self._grpc_channel())
                 )
             return self._client
+
+    def scheduler_client(self) -> CloudSchedulerClient:
+        """A google.cloud.scheduler_v1 CloudSchedulerClient talking plain gRPC to this emulator's
+        Cloud Scheduler service (one per emulator, reused; needs google-cloud-scheduler)."""
+        if not HAVE_SCHEDULER:
+            raise RuntimeError(
+                f"The Cloud Scheduler client is not installed: pip install '{cron.EXTRA}'"
+            )
+        with self._lock:
+            if self._scheduler_client is None:
+                self._scheduler_client = cron.scheduler_v1.CloudSchedulerClient(
+                    transport=cron.CloudSchedulerGrpcTransport(channel=self._grpc_channel())
+                )
+            return self._scheduler_client
+
+    @property
+    def location_path(self) -> str:
+        """``projects/PROJECT/locations/LOCATION``: the parent of this emulator's jobs."""
+        return f"projects/{self.project}/locations/{self.location}"
+
+    def _grpc_channel(self) -> grpc.Channel:
+        """The one plain-text channel both clients share (under self._lock)."""
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.address)
+        return self._channel
 
     # -- helpers ----------------------------------------------------------------------------
 

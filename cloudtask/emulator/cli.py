@@ -1,20 +1,42 @@
 """Command line: ``python -m cloudtask.emulator --port 8123 --queue default``.
 
 Shared by the ``cloudtask_emulator`` management command, which fills the options from settings.
+With ``--state-dir DIR`` it is a project's background emulator: its state in DIR/state.json,
+DIR locked for its lifetime, its address in DIR/emulator.json (see :mod:`.persist`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from . import Emulator
+from .persist import (
+    EXIT_ALREADY_RUNNING,
+    AlreadyRunning,
+    StateDirLock,
+    lock_state_dir,
+    state_file,
+)
 
 DEFAULT_PORT = 8123
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +75,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="create missing queues on CreateTask instead of answering NOT_FOUND",
     )
     parser.add_argument("--quiet", action="store_true", help="no log line per dispatch")
+    parser.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="DIR",
+        help="keep queues and tasks in DIR/state.json across restarts; one emulator per DIR "
+        "(DIR/emulator.lock), its address in DIR/emulator.json",
+    )
+    parser.add_argument(
+        "--hold-unreachable",
+        action="store_true",
+        default=None,
+        help="when the target refuses connections (site down), hold its tasks without counting "
+        "attempts until it answers",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=_positive_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="stop (saving the state) after SECONDS with no call and no task held",
+    )
 
 
 def certs_port(port: int, given: int | None) -> int:
@@ -62,8 +105,41 @@ def certs_port(port: int, given: int | None) -> int:
     return port + 1 if port else 0
 
 
-def serve(emulator: Emulator, out: TextIO) -> None:
-    """Start ``emulator``, print where it listens, and run until SIGINT or SIGTERM."""
+def _dashboard_url(emulator: Emulator) -> str | None:
+    try:
+        return emulator.dashboard_url
+    except RuntimeError:  # made with dashboard=False
+        return None
+
+
+def _set_when_stopped(emulator: Emulator, event: threading.Event) -> None:
+    emulator.wait_stopped()
+    event.set()
+
+
+def serve(
+    emulator: Emulator, out: TextIO, *, state_dir: str | os.PathLike[str] | None = None
+) -> None:
+    """Start ``emulator``, print where it listens, and run until SIGINT or SIGTERM (or until it
+    stops itself after its idle_timeout).
+
+    With ``state_dir`` (the emulator's state_path must be DIR/state.json) it first takes the
+    directory's lock, exiting with status 3 if another emulator holds it, and publishes its
+    address in DIR/emulator.json while it runs.
+    """
+    lock: StateDirLock | None = None
+    if state_dir is not None:
+        expected = state_file(state_dir)
+        if emulator.state_path is None or Path(emulator.state_path) != expected:
+            raise ValueError(
+                f"An emulator serving --state-dir {state_dir} keeps its state in {expected}, "
+                f"not {emulator.state_path}: build it with state_path={str(expected)!r}"
+            )
+        try:
+            lock = lock_state_dir(state_dir)
+        except AlreadyRunning as exc:
+            sys.stderr.write(f"{exc}\n")
+            raise SystemExit(EXIT_ALREADY_RUNNING) from None
     stop = threading.Event()
     previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
@@ -75,10 +151,28 @@ def serve(emulator: Emulator, out: TextIO) -> None:
         except OSError as exc:
             raise SystemExit(f"error: {exc}") from None
         try:
+            if lock is not None:
+                lock.publish(
+                    {
+                        "pid": os.getpid(),
+                        "address": emulator.address,
+                        "certs_url": emulator.certs_url,
+                        "dashboard_url": _dashboard_url(emulator),
+                        "project": emulator.project,
+                        "location": emulator.location,
+                        "state": str(emulator.state_path),
+                        "started": time.time(),
+                    }
+                )
+            # An idle_timeout stops the emulator from its own thread: stop serving then too.
+            threading.Thread(target=_set_when_stopped, args=(emulator, stop), daemon=True).start()
             out.write(f"Cloud Tasks emulator listening on {emulator.address}\n")
             out.write(f"OIDC certificates: {emulator.certs_url}\n")
+            out.write(f"Dashboard: {emulator.dashboard_url}\n")
             for queue in sorted(emulator.store.queues):
                 out.write(f"queue: {queue}\n")
+            if emulator.state_path is not None:
+                out.write(f"state: {emulator.state_path} ({emulator.pending()} task(s) held)\n")
             out.write(
                 "Point cloudtask at it with CLOUDTASK = {"
                 f'"TRANSPORT": "cloudtasks", "EMULATOR_HOST": "{emulator.address}", '
@@ -94,6 +188,8 @@ def serve(emulator: Emulator, out: TextIO) -> None:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if lock is not None:
+            lock.release()  # after stop(): the next emulator finds the state saved
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     port = DEFAULT_PORT if args.port is None else args.port
+    state_dir = os.path.abspath(args.state_dir) if args.state_dir is not None else None
     emulator = Emulator(
         args.host or "127.0.0.1",
         port,
@@ -114,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         dedup_window=3600.0 if args.dedup_window is None else args.dedup_window,
         max_task_size=1_048_576 if args.max_task_size is None else args.max_task_size,
         log=None if args.quiet else sys.stderr,
+        state_path=state_file(state_dir) if state_dir is not None else None,
+        hold_unreachable=bool(args.hold_unreachable),
+        idle_timeout=args.idle_timeout,
     )
-    serve(emulator, sys.stdout)
+    serve(emulator, sys.stdout, state_dir=state_dir)
     return 0

@@ -28,6 +28,8 @@ MAX_WORKERS = 64
 USER_AGENT = "Google-Cloud-Tasks"
 # Emulator.dispatches keeps at most this many records (the most recent).
 MAX_RECORDS = 100_000
+# With hold_unreachable, how often (clock seconds) a held task tries a site that refused it.
+HOLD_RETRY_INTERVAL = 1.0
 _RECONNECT_ERRORS = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
@@ -49,6 +51,8 @@ class HttpResult:
     status: int | None
     retry_after: float | None
     error: str | None
+    # No connection at all: nothing listens at the target (the site is down or restarting).
+    refused: bool = False
 
 
 @dataclass
@@ -57,6 +61,9 @@ class _Job:
     attempt: AttemptRecord
     number: int
     headers: dict[str, str]
+    # The task's attempt records before this attempt, put back if it is held (not counted).
+    previous_first: AttemptRecord | None
+    previous_last: AttemptRecord | None
 
 
 class HttpSender:
@@ -124,7 +131,9 @@ class HttpSender:
             except ConnectionRefusedError:
                 conn.close()
                 del conns[key]
-                return HttpResult(None, None, "UNAVAILABLE: connection refused")
+                return HttpResult(
+                    None, None, f"UNAVAILABLE: connection refused by {url}", refused=True
+                )
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 del conns[key]
@@ -168,11 +177,15 @@ class Dispatcher:
         issuer: TokenIssuer,
         log: TextIO | None,
         records: list[DispatchRecord],
+        *,
+        hold_unreachable: bool = False,
     ) -> None:
         self.store = store
         self.issuer = issuer
         self.log = log
         self.records = records
+        self.hold_unreachable = hold_unreachable
+        self._held_urls: set[str] = set()  # targets that refused connections (under store.cond)
         self._sender = HttpSender()
         self._jobs: queue_module.SimpleQueue[_Job | None] = queue_module.SimpleQueue()
         self._workers: list[threading.Thread] = []
@@ -254,6 +267,7 @@ class Dispatcher:
         q.in_flight += 1
         store.in_flight += 1
         attempt = AttemptRecord(schedule_time=task.schedule_time, dispatch_time=now)
+        previous_first, previous_last = task.first_attempt, task.last_attempt
         if task.first_attempt is None:
             task.first_attempt = AttemptRecord(task.schedule_time, now)
             task.first_attempt_time = now
@@ -271,7 +285,7 @@ class Dispatcher:
             if task.retry_reason is not None:
                 headers["X-CloudTasks-TaskRetryReason"] = task.retry_reason
         task.dispatch_count += 1
-        job = _Job(task, attempt, task.dispatch_count, headers)
+        job = _Job(task, attempt, task.dispatch_count, headers, previous_first, previous_last)
         if self._idle_workers == 0 and len(self._workers) < MAX_WORKERS:
             worker = threading.Thread(
                 target=self._work,
@@ -315,22 +329,61 @@ class Dispatcher:
         except Exception as exc:  # never lose the in-flight bookkeeping
             result = HttpResult(None, None, f"INTERNAL: {exc.__class__.__name__}: {exc}")
         latency = time.perf_counter() - started
+        holding = 0
+        answered_again = False
+        record: DispatchRecord | None = None
         with self.store.cond:
-            outcome = self._finish(task, job.attempt, result)
-            record = DispatchRecord(
-                when=job.attempt.dispatch_time,
-                queue=task.queue.short,
-                task=task.short,
-                attempt=job.number,
-                status=result.status,
-                latency=latency,
-                error=result.error,
-            )
-            self.records.append(record)
-            if len(self.records) > MAX_RECORDS:
-                del self.records[: MAX_RECORDS // 10]  # a long-running emulator stays bounded
+            if result.refused and self.hold_unreachable and not task.removed:
+                holding = self._hold(job)
+            else:
+                if not result.refused and task.url in self._held_urls:
+                    self._held_urls.discard(task.url)
+                    answered_again = True
+                outcome = self._finish(task, job.attempt, result)
+                record = DispatchRecord(
+                    when=job.attempt.dispatch_time,
+                    queue=task.queue.short,
+                    task=task.short,
+                    attempt=job.number,
+                    status=result.status,
+                    latency=latency,
+                    error=result.error,
+                )
+                self.records.append(record)
+                if len(self.records) > MAX_RECORDS:
+                    del self.records[: MAX_RECORDS // 10]  # a long-running emulator stays bounded
             self.store.cond.notify_all()
-        self._log(record, outcome)
+        if holding:
+            self._write(
+                f"[cloudtask emulator] site at {task.url} not answering (connection refused): "
+                f"holding {holding} task(s) until it is up"
+            )
+        if answered_again:
+            self._write(f"[cloudtask emulator] site at {task.url} answers again")
+        if record is not None:
+            self._log(record, outcome)
+
+    def _hold(self, job: _Job) -> int:
+        """Undo a refused attempt and try again soon (under store.cond).
+
+        Returns how many tasks now wait for the task's URL when the site just went down, else 0.
+        """
+        store = self.store
+        task = job.task
+        task.in_flight = False
+        task.queue.in_flight -= 1
+        store.in_flight -= 1
+        # Not an attempt: the counts, attempt records and retry state stay as they were.
+        task.dispatch_count -= 1
+        task.first_attempt, task.last_attempt = job.previous_first, job.previous_last
+        if task.first_attempt is None:
+            task.first_attempt_time = None
+        # The schedule time stays (X-CloudTasks-TaskETA, the state file); only the heap moves.
+        store.push(task, at=store.clock.now() + HOLD_RETRY_INTERVAL)
+        if task.url in self._held_urls:
+            return 0
+        self._held_urls.add(task.url)
+        return sum(1 for t in store.all_tasks() if t.url == task.url)
 
     def _finish(self, task: TaskRecord, attempt: AttemptRecord, result: HttpResult) -> str:
         """Record the attempt's outcome (under store.cond); returns a note for the log."""

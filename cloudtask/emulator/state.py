@@ -12,7 +12,7 @@ import itertools
 import re
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,6 +153,8 @@ class TaskRecord:
     in_flight: bool = False
     removed: bool = False
     seq: int = 0  # heap entries with another seq are stale
+    # ``pb`` encoded for the state file, computed once: ``pb`` never changes after creation.
+    encoded_pb: str | None = field(default=None, repr=False)
 
     def to_proto(self, view: int) -> tasks_v2.Task:
         pb = type(self.pb)()
@@ -266,6 +268,34 @@ def parse_parent(parent: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Delivery:
+    """What a task's ``http_request`` asks the dispatcher to send."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    oidc_email: str | None
+    oidc_audience: str | None
+
+    @classmethod
+    def of(cls, http: Any) -> _Delivery:
+        """Read a raw ``HttpRequest`` message (unvalidated: create_task checks the result)."""
+        url: str = http.url
+        method = tasks_v2.HttpMethod(http.http_method or tasks_v2.HttpMethod.POST).name
+        has_oidc = http.HasField("oidc_token")
+        reserved = RESERVED_HEADERS | ({"authorization"} if has_oidc else set())
+        return cls(
+            method=method,
+            url=url,
+            headers={k: v for k, v in http.headers.items() if k.lower() not in reserved},
+            body=bytes(http.body),
+            oidc_email=http.oidc_token.service_account_email if has_oidc else None,
+            oidc_audience=(http.oidc_token.audience or url) if has_oidc else None,
+        )
+
+
 def _retry_policy(config: tasks_v2.RetryConfig | None) -> RetryPolicy:
     if config is None:
         return RetryPolicy()
@@ -327,15 +357,59 @@ def _rate_limits(limits: tasks_v2.RateLimits | None) -> tuple[float, int, int]:
     return rate, burst, concurrent
 
 
-def _paginate(count: int, page_size: int, page_token: str) -> tuple[int, int, str]:
+def paginate(
+    count: int, page_size: int, page_token: str, default: int = DEFAULT_PAGE_SIZE
+) -> tuple[int, int, str]:
+    """A List call's page: (start, end) of the sorted items, and the next page's token."""
     if page_size < 0:
         raise invalid(f"page_size must not be negative, got {page_size}")
     try:
         start = int(page_token) if page_token else 0
     except ValueError:
         raise invalid(f"Invalid page_token {page_token!r}") from None
-    end = min(count, start + (page_size or DEFAULT_PAGE_SIZE))
+    end = min(count, start + (page_size or default))
     return start, end, str(end) if end < count else ""
+
+
+def _task_record(
+    queue: QueueRecord, pb: Any, delivery: _Delivery, short: str, schedule_time: float
+) -> TaskRecord:
+    return TaskRecord(
+        name=pb.name,
+        short=short,
+        queue=queue,
+        pb=pb,
+        method=delivery.method,
+        url=delivery.url,
+        headers=delivery.headers,
+        body=delivery.body,
+        oidc_email=delivery.oidc_email,
+        oidc_audience=delivery.oidc_audience,
+        create_time=pb.create_time.ToNanoseconds() / 1e9,
+        schedule_time=schedule_time,
+        dispatch_deadline=pb.dispatch_deadline.ToNanoseconds() / 1e9,
+    )
+
+
+class Tombstones(RecentNames):
+    """RecentNames that can be saved to and restored from the state file."""
+
+    def taken(self) -> dict[str, float]:
+        """Each name still taken, with the time it was taken."""
+        with self._lock:
+            now = self.clock()
+            self._prune(now)
+            return {name: expiry - self.window for name, expiry in self._expiry.items()}
+
+    def restore(self, taken: dict[str, float]) -> None:
+        """Take again the names of :meth:`taken` at their times (under this store's window)."""
+        now = self.clock()
+        with self._lock:
+            for name, when in sorted(taken.items(), key=lambda item: item[1]):
+                # Oldest first: _prune relies on the table being in expiry order.
+                if when + self.window > now:
+                    self._expiry[name] = when + self.window
+                    self._expiry.move_to_end(name)
 
 
 class Store:
@@ -349,10 +423,13 @@ class Store:
         self.queues: dict[str, QueueRecord] = {}
         self.deleted_queues: dict[str, float] = {}  # name -> deletion time
         # Recently finished or deleted task names (Cloud Tasks' named-task dedup).
-        self.tombstones = RecentNames(dedup_window, clock.now)
+        self.tombstones = Tombstones(dedup_window, clock.now)
         self.in_flight = 0
         self.auto_create_queues = False
         self._seq = itertools.count(1)
+        # Bumped by every change the state file must get; on_change wakes its writer.
+        self.revision = 0
+        self.on_change: Callable[[], None] | None = None
 
     # -- queues ------------------------------------------------------------------------------
 
@@ -388,6 +465,7 @@ class Store:
                 record = self._new_queue(name)
                 self.queues[name] = record
                 self.deleted_queues.pop(name, None)
+                self.changed()
             return record
 
     def _recently_deleted(self, name: str) -> bool:
@@ -411,6 +489,7 @@ class Store:
                 )
             record = self._new_queue(queue.name, queue)
             self.queues[queue.name] = record
+            self.changed()
             return record.to_proto()
 
     def queue(self, name: str, *, missing: str = NOT_FOUND) -> QueueRecord:
@@ -425,6 +504,17 @@ class Store:
             raise ApiError(grpc.StatusCode.NOT_FOUND, missing)
         return record
 
+    def queue_not_found(self, name: str) -> str:
+        """Google's NOT_FOUND message for a missing queue, unless every queue here is in another
+        project or location: then the client is most likely set up for another project, and
+        the message says where this emulator's queues are."""
+        parent = name.rsplit("/queues/", 1)[0]
+        parents = sorted({queue.rsplit("/queues/", 1)[0] for queue in self.queues})
+        if not parents or parent in parents:
+            return QUEUE_NOT_FOUND
+        where = ", ".join(parents)
+        return f"Queue {name} does not exist on this emulator; it has queues in {where}."
+
     def get_queue(self, name: str) -> tasks_v2.Queue:
         with self.cond:
             return self.queue(name).to_proto()
@@ -435,7 +525,7 @@ class Store:
         parse_parent(parent)
         with self.cond:
             names = sorted(n for n in self.queues if n.startswith(parent + "/queues/"))
-            start, end, token = _paginate(len(names), page_size, page_token)
+            start, end, token = paginate(len(names), page_size, page_token)
             return tasks_v2.ListQueuesResponse(
                 queues=[self.queues[n].to_proto() for n in names[start:end]],
                 next_page_token=token,
@@ -450,6 +540,7 @@ class Store:
                 record = self._new_queue(queue.name, queue)
                 self.queues[queue.name] = record
                 self.deleted_queues.pop(queue.name, None)
+                self.changed()
                 return record.to_proto()
             merged = record.to_proto()
             if not paths:
@@ -489,6 +580,7 @@ class Store:
                 if "stackdriver_logging_config" in merged
                 else None
             )
+            self.changed()
             self.cond.notify_all()
             return record.to_proto()
 
@@ -498,6 +590,7 @@ class Store:
             self._drop_tasks(record)
             del self.queues[name]
             self.deleted_queues[name] = self.clock.now()
+            self.changed()
             self.cond.notify_all()
 
     def purge_queue(self, name: str) -> tasks_v2.Queue:
@@ -505,6 +598,7 @@ class Store:
             record = self.queue(name)
             self._drop_tasks(record)
             record.purge_time = self.clock.now()
+            self.changed()
             self.cond.notify_all()
             return record.to_proto()
 
@@ -512,6 +606,7 @@ class Store:
         with self.cond:
             record = self.queue(name)
             record.paused = paused
+            self.changed()
             self.cond.notify_all()
             return record.to_proto()
 
@@ -546,19 +641,15 @@ class Store:
                 "(App Engine tasks are not supported)"
             )
         http = given.http_request
-        url: str = http.url
+        delivery = _Delivery.of(http)
+        url, method = delivery.url, delivery.method
         if not url.startswith(("http://", "https://")):
             raise invalid(f"http_request.url must be an absolute http(s) URL, got {url!r}")
         if len(url) > MAX_URL_LENGTH:
             raise invalid(f"http_request.url is {len(url)} characters; the limit is 2083")
-        method = tasks_v2.HttpMethod(http.http_method or tasks_v2.HttpMethod.POST).name
-        body = bytes(http.body)
-        if body and method not in BODY_METHODS:
+        if delivery.body and method not in BODY_METHODS:
             raise invalid(f"A body is only allowed with POST, PUT or PATCH, not {method}")
-        has_oidc = http.HasField("oidc_token")
-        reserved = RESERVED_HEADERS | ({"authorization"} if has_oidc else set())
-        headers = {k: v for k, v in http.headers.items() if k.lower() not in reserved}
-        if sum(len(k) + len(v) for k, v in headers.items()) > MAX_HEADERS_SIZE:
+        if sum(len(k) + len(v) for k, v in delivery.headers.items()) > MAX_HEADERS_SIZE:
             raise invalid("http_request.headers exceed 80 KB in total")
         if given.HasField("schedule_time"):
             schedule = given.schedule_time.ToNanoseconds() / 1e9
@@ -583,12 +674,8 @@ class Store:
             raise invalid(
                 f"Task size too large: {size} bytes; the limit is {self.max_task_size} bytes"
             )
-        oidc_email = oidc_audience = None
-        if has_oidc:
-            oidc_email = http.oidc_token.service_account_email
-            oidc_audience = http.oidc_token.audience or url
-            if not oidc_email:
-                raise invalid("http_request.oidc_token.service_account_email is required")
+        if http.HasField("oidc_token") and not delivery.oidc_email:
+            raise invalid("http_request.oidc_token.service_account_email is required")
         name = f"{parent}/tasks/{short}"
         stored = type(given)()
         stored.http_request.CopyFrom(http)
@@ -600,35 +687,35 @@ class Store:
             try:
                 record = self.queue(parent, missing=QUEUE_NOT_FOUND)
             except ApiError as exc:
-                if not (self.auto_create_queues and exc.code == grpc.StatusCode.NOT_FOUND):
+                if exc.code != grpc.StatusCode.NOT_FOUND:
                     raise
+                if not self.auto_create_queues:
+                    raise ApiError(exc.code, self.queue_not_found(parent)) from None
                 record = self.ensure_queue(parent)
             if self._name_taken(name, record):
                 raise ApiError(grpc.StatusCode.ALREADY_EXISTS, ALREADY_EXISTS)
             stored.retry_config.CopyFrom(record.retry_pb())
-            task_record = TaskRecord(
-                name=name,
-                short=short,
-                queue=record,
-                pb=stored,
-                method=method,
-                url=url,
-                headers=headers,
-                body=body,
-                oidc_email=oidc_email,
-                oidc_audience=oidc_audience,
-                create_time=now,
-                schedule_time=schedule,
-                dispatch_deadline=deadline,
-            )
+            if record.http_target is not None and record.http_target.header_overrides:
+                # Cloud Tasks sets the queue's header overrides on every task it creates (this
+                # is how cloudtask_sync's X-Cloudtask-Managed marker reaches each delivery).
+                for override in record.http_target.header_overrides:
+                    stored.http_request.headers[override.header.key] = override.header.value
+                delivery = _Delivery.of(stored.http_request)
+            task_record = _task_record(record, stored, delivery, short, schedule)
             record.tasks[name] = task_record
             self.push(task_record)
             return task_record
 
-    def push(self, task: TaskRecord) -> None:
-        """(Re)schedule ``task`` at its schedule_time; wakes the dispatcher."""
+    def push(self, task: TaskRecord, at: float | None = None) -> None:
+        """(Re)schedule ``task`` at its schedule_time; wakes the dispatcher.
+
+        ``at`` tries it again then without changing the task (a held attempt, see
+        Dispatcher.hold_unreachable): the state file has nothing new to write.
+        """
         task.seq = next(self._seq)
-        heapq.heappush(task.queue.heap, (task.schedule_time, task.seq, task))
+        heapq.heappush(task.queue.heap, (task.schedule_time if at is None else at, task.seq, task))
+        if at is None:
+            self.changed()
         self.cond.notify_all()
 
     def task(self, name: str) -> TaskRecord:
@@ -649,7 +736,7 @@ class Store:
         with self.cond:
             record = self.queue(parent, missing=QUEUE_NOT_FOUND)
             tasks = list(record.tasks.values())
-            start, end, token = _paginate(len(tasks), page_size, page_token)
+            start, end, token = paginate(len(tasks), page_size, page_token)
             return tasks_v2.ListTasksResponse(
                 tasks=[t.to_proto(view) for t in tasks[start:end]], next_page_token=token
             )
@@ -665,6 +752,7 @@ class Store:
             task.removed = True
             task.queue.tasks.pop(task.name, None)
             self._tombstone(task.name)
+            self.changed()
             self.cond.notify_all()
 
     def idle(self) -> bool:
@@ -672,6 +760,36 @@ class Store:
         if self.in_flight:
             return False
         return not any(q.tasks for q in self.queues.values() if not q.paused)
+
+    def pending(self) -> int:
+        """Tasks held in any queue, paused ones included: scheduled, retrying or in flight."""
+        with self.cond:
+            return sum(len(q.tasks) for q in self.queues.values())
+
+    # -- persistence (cloudtask.emulator.persist reads and writes the file) ------------------
+
+    def changed(self) -> None:
+        """Note a change the state file must get (called under ``cond``)."""
+        self.revision += 1
+        if self.on_change is not None:
+            self.on_change()
+
+    def restore_queue(self, queue: tasks_v2.Queue, purge_time: float | None) -> QueueRecord:
+        """Put back a saved queue (its config and paused state), validated like CreateQueue."""
+        with self.cond:
+            record = self._new_queue(queue.name, queue)
+            record.purge_time = purge_time
+            self.queues[queue.name] = record
+            return record
+
+    def restore_task(self, queue: QueueRecord, pb: Any, schedule_time: float) -> TaskRecord:
+        """Put back a saved task (the stored protobuf); the caller restores its counts."""
+        _, short = parse_task_name(pb.name)
+        with self.cond:
+            record = _task_record(queue, pb, _Delivery.of(pb.http_request), short, schedule_time)
+            queue.tasks[record.name] = record
+            self.push(record)
+            return record
 
     def all_tasks(self) -> Iterator[TaskRecord]:
         for queue in self.queues.values():

@@ -216,9 +216,8 @@ class CloudTasksTransport(BaseTransport):
             )
         raise self.translate_error(exc, message, parent) from exc
 
-    @staticmethod
     def translate_error(
-        exc: api_exceptions.GoogleAPIError, message: TaskMessage, parent: str
+        self, exc: api_exceptions.GoogleAPIError, message: TaskMessage, parent: str
     ) -> EnqueueError:
         """cloudtask's error for an API error, naming the task, the id and the queue."""
         text = getattr(exc, "message", None) or str(exc)
@@ -229,13 +228,39 @@ class CloudTasksTransport(BaseTransport):
                 f"recently (Cloud Tasks keeps used names for up to a day): {text}"
             )
         if isinstance(exc, api_exceptions.NotFound):
-            return QueueNotFound(
-                f"Queue {parent} does not exist (task {message.task_name!r}); create it, or fix "
-                f'CLOUDTASK["QUEUE"] / @task(queue=...): {text}'
-            )
+            return QueueNotFound(self._queue_not_found(text, message, parent))
         return EnqueueError(
             f"Cloud Tasks did not create task {message.task_name!r} in {parent}: {exc}"
         )
+
+    def _queue_not_found(self, text: str, message: TaskMessage, parent: str) -> str:
+        _, project, _, location, _, queue_id = parent.split("/")
+        other_queue = f'or fix CLOUDTASK["QUEUE"] / @task(queue=...) of task {message.task_name!r}'
+        host = self.emulator_host()
+        if not host:
+            return (
+                f"Queue {parent} does not exist (task {message.task_name!r}): {text} Create it "
+                f'with "manage.py cloudtask_sync" (it creates the queues in CLOUDTASK["QUEUES"]) '
+                f"or gcloud tasks queues create {queue_id} --location={location} "
+                f"--project={project}, {other_queue}."
+            )
+        # An emulator's queues exist from its start or not at all: Google's advice to wait a
+        # minute for a new queue to initialize (which emulators repeat) would only mislead.
+        said = text.split(" If you just created the queue", 1)[0].strip()
+        if parent in said:
+            # cloudtask's emulator names the project and location it has queues in.
+            fix = (
+                'Set CLOUDTASK["PROJECT"] and CLOUDTASK["LOCATION"] to those of its queues '
+                "(left unset with EMULATOR_HOST, they are local-project and local: the "
+                "emulator's defaults)"
+            )
+        else:
+            said = f"Queue {parent} does not exist on this emulator."
+            fix = (
+                f"Start the emulator with --queue {queue_id} (or --auto-create-queues), check "
+                'CLOUDTASK["PROJECT"] and CLOUDTASK["LOCATION"]'
+            )
+        return f"The emulator at {host} refused the task: {said} {fix}, {other_queue}."
 
     @staticmethod
     def enqueued(message: TaskMessage, created: Any) -> EnqueuedTask:

@@ -89,6 +89,16 @@ CLOUDTASK = {
     "URL": os.environ.get("SAMPLE_TASKS_URL", "http://127.0.0.1:8000/_tasks/"),
     "SECRET": os.environ.get("SAMPLE_TASKS_SECRET", "sample-signing-secret"),
     "EMULATOR": {"LOG": os.environ.get("SAMPLE_EMULATOR_LOG", "1") != "0"},
+    # Cron jobs of tasks. Cloud Scheduler fires them in production (manage.py cloudtask_sync
+    # makes the jobs); locally the embedded emulator does, while the site runs.
+    "SCHEDULES": {
+        "nightly-digest": {
+            "task": "shop.tasks.nightly_digest",
+            "cron": "0 3 * * *",
+            "time_zone": "Europe/Zurich",
+            "description": "The shop's nightly digest",
+        },
+    },
 }
 
 LOGGING = {

@@ -11,13 +11,18 @@ from typing import Any
 
 from django.utils import timezone
 
-from cloudtask import ARGS_HASH, CloudTaskRequest, on_commit_task, task
+from cloudtask import ARGS_HASH, CloudTaskRequest, Retry, on_commit_task, task
 
 from .models import Order
 
 
-class PaymentGatewayTimeout(RuntimeError):
-    """The simulated payment provider times out on every first attempt."""
+class PaymentGatewayTimeout(Retry):
+    """The simulated payment provider times out on every first attempt.
+
+    A timeout is expected and worth another try, so it is a ``cloudtask.Retry``: the endpoint
+    answers 503 and Cloud Tasks retries after the queue's backoff, and cloudtask logs it as one
+    WARNING line. Any other exception is a crash: 500, logged as an ERROR with its traceback.
+    """
 
 
 @on_commit_task
@@ -31,7 +36,8 @@ def send_confirmation(request: CloudTaskRequest, order: Order) -> str:
 
 @task(max_attempts=5)
 def charge_payment(request: CloudTaskRequest, order: Order) -> str:
-    """A task that fails on its first attempt and succeeds when Cloud Tasks retries it."""
+    """A task that fails on purpose on its first attempt and succeeds when Cloud Tasks retries
+    it: the demo's way to show a retry."""
     if request.retry_count == 0:
         raise PaymentGatewayTimeout(f"payment gateway timed out charging order #{order.pk}")
     if order.status == Order.Status.NEW:
@@ -68,3 +74,12 @@ def rebuild_daily_report(request: CloudTaskRequest, day: date) -> str:
     orders = Order.objects.filter(created__date=day)
     paid = orders.exclude(status__in=[Order.Status.NEW, Order.Status.CANCELLED]).count()
     return f"report for {day}: {orders.count()} orders, {paid} paid or shipped"
+
+
+@task
+def nightly_digest(request: CloudTaskRequest) -> str:
+    """A scheduled task: CLOUDTASK["SCHEDULES"] (settings.py) fires it every night, through
+    Cloud Scheduler in production and the embedded emulator locally."""
+    day = timezone.localdate(request.schedule_time or timezone.now())
+    orders = Order.objects.filter(created__date=day).count()
+    return f"digest for {day}: orders placed {orders} (fired by schedule {request.schedule_name})"

@@ -2,11 +2,16 @@
 
 Every button is a fetch() POST answering JSON; the page polls /api/state/ to show the orders,
 the task log and cloudtask's execution records change as the emulator delivers tasks.
+
+Every time on the page, in the tables and in the buttons' messages, is formatted here by
+clock(): HH:MM:SS in the project's TIME_ZONE, whose name the page shows once. The browser never
+formats a time, so its own time zone cannot creep in.
 """
 
 from __future__ import annotations
 
 import random
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -26,15 +31,24 @@ RECENT_EXECUTIONS = 20
 CUSTOMERS = ["Ada", "Grace", "Linus", "Margaret", "Guido", "Barbara", "Ken", "Frances"]
 
 
+def clock(moment: datetime) -> str:
+    """A time as the page shows every time: HH:MM:SS in the current time zone (TIME_ZONE)."""
+    return timezone.localtime(moment).strftime("%H:%M:%S")
+
+
+def _clock_or_none(moment: datetime | None) -> str | None:
+    return None if moment is None else clock(moment)
+
+
 def _order_json(order: Order) -> dict[str, Any]:
     return {
         "id": order.pk,
         "customer": order.customer,
         "total": str(order.total),
         "status": order.status,
-        "created": order.created.isoformat(),
-        "confirmed_at": order.confirmed_at.isoformat() if order.confirmed_at else None,
-        "reminded_at": order.reminded_at.isoformat() if order.reminded_at else None,
+        "created": clock(order.created),
+        "confirmed_at": _clock_or_none(order.confirmed_at),
+        "reminded_at": _clock_or_none(order.reminded_at),
     }
 
 
@@ -44,7 +58,7 @@ def _log_json(row: TaskLog) -> dict[str, Any]:
         "task": row.task,
         "task_id": row.task_id,
         "queue": row.queue,
-        "when": row.started_at.isoformat(),
+        "when": clock(row.started_at),
         "attempt": row.attempt,
         "outcome": row.outcome,
         "duration_ms": round(row.duration_ms, 1),
@@ -60,7 +74,7 @@ def _execution_json(row: TaskExecution) -> dict[str, Any]:
         "task_id": row.task_id,
         "status": row.status,
         "attempts": row.attempts,
-        "when": row.last_started_at.isoformat(),
+        "when": clock(row.last_started_at),
         "duration_ms": None if row.duration is None else round(row.duration * 1000, 1),
         "error": row.error_type.rsplit(".", 1)[-1] if row.error_type else "",
     }
@@ -68,7 +82,11 @@ def _execution_json(row: TaskExecution) -> dict[str, Any]:
 
 @require_GET
 def index(request: HttpRequest) -> HttpResponse:
-    return render(request, "shop/index.html", {"statuses": Order.Status.choices})
+    return render(
+        request,
+        "shop/index.html",
+        {"statuses": Order.Status.choices, "time_zone": timezone.get_current_timezone_name()},
+    )
 
 
 @require_GET
@@ -76,14 +94,7 @@ def state(request: HttpRequest) -> JsonResponse:
     orders = [_order_json(o) for o in Order.objects.all()[:50]]
     log = [_log_json(row) for row in TaskLog.objects.all()[:100]]
     executions = [_execution_json(row) for row in TaskExecution.objects.all()[:RECENT_EXECUTIONS]]
-    return JsonResponse(
-        {
-            "orders": orders,
-            "log": log,
-            "executions": executions,
-            "now": timezone.now().isoformat(),
-        }
-    )
+    return JsonResponse({"orders": orders, "log": log, "executions": executions})
 
 
 @require_POST
@@ -120,7 +131,7 @@ def change_status(request: HttpRequest, pk: int) -> JsonResponse:
 def remind(request: HttpRequest, pk: int) -> JsonResponse:
     order = get_object_or_404(Order, pk=pk)
     handle = services.schedule_reminder(order, seconds=services.REMINDER_DELAY)
-    when = handle.schedule_time.isoformat(timespec="seconds") if handle.schedule_time else "now"
+    when = clock(handle.schedule_time) if handle.schedule_time else "now"
     return JsonResponse({"message": f"Reminder for order #{pk} scheduled for {when}."})
 
 
@@ -130,8 +141,9 @@ def rebuild_report(request: HttpRequest) -> JsonResponse:
     try:
         services.request_daily_report(day)
     except TaskAlreadyExists:
+        # The refusal is what this button demonstrates, not an error of the page: a 200 that
+        # says so (a 409 would also print a red "Failed to load resource" in the browser console).
         return JsonResponse(
-            {"message": f"Report for {day} refused: a task of that name already ran or is queued."},
-            status=409,
+            {"message": f"Report for {day} refused: a task of that name already ran or is queued."}
         )
     return JsonResponse({"message": f"Report for {day} queued (a named task: once per day)."})

@@ -136,13 +136,16 @@ def test_deploy_check_warns_about_the_embedded_emulator(settings: Any, configure
     assert deploy_checks() == [
         Warning(
             f'CLOUDTASK["TRANSPORT"] is "emulator"{"" if configured else " (the default)"}: tasks '
-            "go to a Cloud Tasks emulator inside this process, not to Google Cloud Tasks, and "
-            "are lost when it stops.",
+            "go to a Cloud Tasks emulator in a local background process, with its state on this "
+            "machine's disk, not to Google Cloud Tasks.",
             hint='Set CLOUDTASK["TRANSPORT"] = "cloudtasks" (with PROJECT, LOCATION and SAE) in '
             "production settings.",
             id="cloudtask.W002",
         )
     ]
+    settings.CLOUDTASK = {**BASE, "TRANSPORT": "emulator", "EMULATOR": {"PERSIST": False}}
+    (in_process,) = deploy_checks()
+    assert "emulator in this process, and are lost when it stops, not to" in in_process.msg
     settings.CLOUDTASK = {**BASE, "TRANSPORT": "cloudtasks"}
     assert deploy_checks() == []
 

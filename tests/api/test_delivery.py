@@ -127,7 +127,13 @@ def test_oidc_token_for_another_service_account_is_refused(
 
 
 def test_emulator_backend_is_zero_config(settings: Any, endpoint_url: str, runs: Any) -> None:
-    settings.CLOUDTASK = {"URL": endpoint_url, "SECRET": "s3cret", "EMULATOR": {"LOG": False}}
+    # PERSIST off: the emulator inside this process (the shared background one is
+    # tests/localqueue's subject, each test with its own state directory).
+    settings.CLOUDTASK = {
+        "URL": endpoint_url,
+        "SECRET": "s3cret",
+        "EMULATOR": {"LOG": False, "PERSIST": False},
+    }
     backend = get_transport()
     assert isinstance(backend, EmulatorTransport)
 
@@ -152,7 +158,7 @@ def test_emulator_backend_verifies_its_own_oidc_tokens(
         "URL": endpoint_url,
         "SAE": BASE["SAE"],
         "OIDC_VERIFY": True,
-        "EMULATOR": {"LOG": False},
+        "EMULATOR": {"LOG": False, "PERSIST": False},
     }
     add(a=7, b=8).delay()
     (run,) = runs.wait("add")

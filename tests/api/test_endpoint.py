@@ -274,6 +274,19 @@ def test_retry_is_503_with_retry_after(client: Client) -> None:
     assert response["Retry-After"] == "1"
 
 
+def test_a_requested_retry_is_not_logged_again_by_django_a_crash_is(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    # cloudtask logs a requested retry in one WARNING line; Django's request log, which turns
+    # every 5xx into an ERROR, stays quiet for it, and still reports a crash.
+    with caplog.at_level(logging.WARNING, logger="django.request"):
+        assert post(client, body_of(retry_me(until=5))).status_code == 503
+        assert not [r for r in caplog.records if r.name == "django.request"]
+        assert post(client, body_of(fails_once())).status_code == 500
+    (logged,) = [r for r in caplog.records if r.name == "django.request"]
+    assert logged.levelno == logging.ERROR
+
+
 def test_max_attempts_reached_is_logged_and_200(
     client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:

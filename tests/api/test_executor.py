@@ -7,6 +7,7 @@ transport, cloudtask.testing's captured run(), and .execute(). Where a local pat
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -59,6 +60,28 @@ def test_retry_asks_for_a_later_attempt_or_raises_locally(runs: Any) -> None:
     # Nothing retries an inline run: the Retry reaches the caller.
     with pytest.raises(Retry, match="not yet"):
         test_tasks.retry_me(until=1).execute()
+
+
+def test_a_requested_retry_is_one_warning_line_and_a_crash_an_error_with_traceback(
+    runs: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with capture_tasks() as outbox:
+        test_tasks.retry_me(until=1).delay()
+        test_tasks.fails_once().delay()
+    retry, crash = outbox
+    with caplog.at_level(logging.INFO, logger="cloudtask"):
+        assert retry.run().status_code == 503
+        assert crash.run().status_code == 500
+    logged = [r for r in caplog.records if r.name == "cloudtask"]
+    assert [(r.levelno, r.exc_info is not None) for r in logged] == [
+        (logging.WARNING, False),
+        (logging.ERROR, True),
+    ]
+    assert logged[0].getMessage() == (
+        f"Task tests.tasks.retry_me ({retry.task_id}) asked for a retry on attempt 1: "
+        "Retry: not yet"
+    )
+    assert logged[1].exc_info is not None and logged[1].exc_info[0] is KeyError
 
 
 def test_exhausted_attempts_stop_retries_and_reach_a_local_caller(runs: Any) -> None:

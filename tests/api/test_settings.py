@@ -35,6 +35,9 @@ def test_defaults() -> None:
         "DEDUP_WINDOW": 3600.0,
         "MAX_TASK_SIZE": 1_048_576,
         "QUEUES": (),
+        "PERSIST": True,
+        "STATE_DIR": None,
+        "IDLE_TIMEOUT": 3600.0,
     }
 
 

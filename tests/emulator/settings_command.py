@@ -7,5 +7,7 @@ globals().update({name: value for name, value in vars(_base).items() if name.isu
 CLOUDTASK: dict[str, object] = {
     **_base.CLOUDTASK,
     "QUEUE": "main-queue",
-    "EMULATOR": {"LOG": True},
+    # PERSIST off: the command runs a plain emulator, its state in memory (with PERSIST it
+    # would take over the project's state directory, beside the suite's database).
+    "EMULATOR": {"LOG": True, "PERSIST": False},
 }

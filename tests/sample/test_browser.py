@@ -3,54 +3,27 @@ task log fill in as the embedded emulator delivers tasks to the server over HTTP
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-from typing import Any
+import re
+import sqlite3
+from datetime import datetime
+from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.browser import click, console_errors, wait
 
 from .conftest import SampleServer
 
 pytestmark = pytest.mark.browser
 
-#: Longest wait for a DOM condition: a hang guard, not a timing assertion.
-WAIT = 30.0
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1280,900",
-]
-
-
-@pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    # Debian's chromium and chromedriver (make browser-deps installs them). Naming both paths
-    # keeps Selenium Manager, which would download a browser, out of the way.
-    chromium = shutil.which("chromium")
-    chromedriver = shutil.which("chromedriver")
-    assert chromium and chromedriver, "install chromium and chromium-driver (make browser-deps)"
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+#: The browser's own time zone, far from the sample project's TIME_ZONE (UTC), half an hour
+#: off included: a time the browser formatted itself would show.
+BROWSER_TIME_ZONE = "Asia/Kolkata"
+#: How the page shows every time (views.clock).
+CLOCK = r"\d\d:\d\d:\d\d"
 
 
 def log_row(task: str, outcome: str, attempt: int = 1) -> tuple[str, str]:
@@ -61,19 +34,6 @@ def log_row(task: str, outcome: str, attempt: int = 1) -> tuple[str, str]:
     )
 
 
-def wait(driver: webdriver.Chrome) -> WebDriverWait[Any]:
-    # The page re-renders its tables every second: an element found just before a refresh can
-    # go stale, so a condition that meets one simply tries again.
-    return WebDriverWait(
-        driver, WAIT, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
-    )
-
-
-def click(driver: webdriver.Chrome, css: str) -> None:
-    """Click the element, finding it again if a refresh replaced it in between."""
-    wait(driver).until(lambda d: d.find_element(By.CSS_SELECTOR, css).click() is None)
-
-
 def log_tasks(driver: webdriver.Chrome) -> list[str]:
     """The task column of the log, read in one go (one consistent render)."""
     tasks: list[str] = driver.execute_script(
@@ -82,9 +42,25 @@ def log_tasks(driver: webdriver.Chrome) -> list[str]:
     return tasks
 
 
+def stored_clocks(database: Path, sql: str, *params: object) -> list[str]:
+    """Times as the sample stored them (UTC, its TIME_ZONE), formatted as the page must show
+    them: the page's times are checked against the database, not against the page's own code."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        rows = db.execute(sql, params).fetchall()
+    return [datetime.fromisoformat(value).strftime("%H:%M:%S") for row in rows for value in row]
+
+
+def page_clocks(driver: webdriver.Chrome, css: str) -> list[str]:
+    clocks: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent)", css
+    )
+    return clocks
+
+
 def test_clicking_create_order_shows_its_tasks_run(
     browser: webdriver.Chrome, sample_server: SampleServer
 ) -> None:
+    browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": BROWSER_TIME_ZONE})
     browser.get(sample_server.url)
     assert browser.title == "cloudtask sample shop"
     assert log_tasks(browser) == []
@@ -120,6 +96,48 @@ def test_clicking_create_order_shows_its_tasks_run(
         ec.presence_of_element_located((By.CSS_SELECTOR, f'#{order_id}[data-status="shipped"]'))
     )
 
+    # A reminder: its message names a time, and the order row shows when it came.
+    click(browser, f'#{order_id} button[data-action="remind"]')
+    wait(browser).until(ec.text_to_be_present_in_element((By.ID, "message"), "scheduled for"))
+    message = browser.find_element(By.ID, "message").text
+    scheduled = re.fullmatch(rf"Reminder for order #\d+ scheduled for ({CLOCK})\.", message)
+    assert scheduled, message
+    reminded = wait(browser).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, f"#{order_id} .reminded").text
+    )
+
+    # One zone on the whole page: the project's, named once, whatever the browser's own.
+    # (The browser itself is 5:30 ahead of UTC, the offset JavaScript gives in minutes behind.)
+    assert browser.execute_script("return new Date().getTimezoneOffset()") == -330
+    assert browser.find_element(By.ID, "time-zone").text == "UTC"
+    assert browser.find_element(By.TAG_NAME, "body").text.count("UTC") == 1
+    database = sample_server.database
+    pk = int(order_id.removeprefix("order-"))
+    order_times = "SELECT confirmed_at, reminded_at FROM shop_order WHERE id = ?"
+    confirmed_at, reminded_at = stored_clocks(database, order_times, pk)
+    assert page_clocks(browser, f"#{order_id} .confirmed .clock") == [confirmed_at]
+    assert reminded == reminded_at
+    # The reminder came at or after the time the message named, so both are in one zone
+    # (the message in the browser's zone would be 5.5 hours off).
+    assert scheduled.group(1) <= reminded or reminded < "00:01:00", (scheduled.group(1), reminded)
+    # Every time in the tables, against the rows it shows (the page may be a refresh behind).
+    log_times = "SELECT started_at FROM shop_tasklog ORDER BY started_at DESC, id DESC"
+    wait(browser).until(
+        lambda d: page_clocks(d, "#task-log .clock") == stored_clocks(database, log_times)
+    )
+    execution_times = "SELECT last_started_at FROM cloudtask_taskexecution"
+    wait(browser).until(
+        lambda d: (
+            sorted(page_clocks(d, "#executions .clock"))
+            == sorted(stored_clocks(database, execution_times))
+        )
+    )
+    # Nothing on the page looks like a time in another format (12-hour, ISO, unpadded).
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert not re.search(r"\b(AM|PM)\b|\d{4}-\d\d-\d\dT|\b\d:\d\d", text), text
+
+    assert console_errors(browser) == []
+
 
 def test_rollback_and_named_task_buttons(
     browser: webdriver.Chrome, sample_server: SampleServer
@@ -141,3 +159,6 @@ def test_rollback_and_named_task_buttons(
     wait(browser).until(ec.text_to_be_present_in_element((By.ID, "message"), "refused"))
     # Nothing ran for the refused duplicate, and the rolled-back order sent nothing at all.
     assert log_tasks(browser) == ["shop.tasks.rebuild_daily_report"]
+    # The refusal is an answer the page shows, not a failed request in the console; nor is
+    # there a request for a favicon the site does not have.
+    assert console_errors(browser) == []

@@ -13,5 +13,5 @@ def test_the_sample_apps_own_tests_pass(tmp_path: Path) -> None:
     result = run_manage(tmp_path, "test", "shop", "--noinput", "-v", "2")
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Ran 7 tests" in result.stderr
+    assert "Ran 8 tests" in result.stderr
     assert re.search(r"^OK$", result.stderr, re.MULTILINE)

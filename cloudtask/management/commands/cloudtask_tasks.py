@@ -1,14 +1,15 @@
-"""`manage.py cloudtask_tasks`: every registered task and every model-signal binding."""
+"""`manage.py cloudtask_tasks`: every registered task, model-signal binding and schedule."""
 
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from cloudtask import registry
+from cloudtask import registry, schedules
 from cloudtask.bindings import all_bindings
 from cloudtask.conf import get_settings
 from cloudtask.tasks import Task
@@ -34,8 +35,31 @@ def _options(task: Task[Any, Any]) -> dict[str, Any]:
     return out
 
 
+def _schedule_row(entry: schedules.Schedule, now: datetime) -> dict[str, Any]:
+    """A schedule and its next firing, in its own time zone and in UTC."""
+    fire = schedules.next_run(entry, now)
+    local = fire.astimezone(ZoneInfo(entry.time_zone))
+    row: dict[str, Any] = {
+        "name": entry.name,
+        "task": entry.task,
+        "cron": entry.cron,
+        "time_zone": entry.time_zone,
+        "next_run": local.isoformat(),
+        "next_run_utc": fire.isoformat().replace("+00:00", "Z"),
+    }
+    if entry.queue:
+        row["queue"] = entry.queue
+    if entry.args or entry.kwargs:
+        row["args"] = [repr(a) for a in entry.args]
+        row["kwargs"] = {k: repr(v) for k, v in entry.kwargs.items()}
+    return row
+
+
 class Command(BaseCommand):
-    help = "List every cloudtask task (name, queue, options) and model-signal binding."
+    help = (
+        "List every cloudtask task (name, queue, options), model-signal binding and schedule "
+        "(with its next run)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="Print one JSON document.")
@@ -55,8 +79,17 @@ class Command(BaseCommand):
             (b.describe() for b in all_bindings()),
             key=lambda d: (d["task"], d["signal"], d["sender"]),
         )
+        now = datetime.now(UTC)
+        schedule_rows = [
+            _schedule_row(entry, now) for _, entry in sorted(schedules.get_schedules().items())
+        ]
         if options["json"]:
-            self.stdout.write(json.dumps({"tasks": task_rows, "bindings": binding_rows}, indent=2))
+            self.stdout.write(
+                json.dumps(
+                    {"tasks": task_rows, "bindings": binding_rows, "schedules": schedule_rows},
+                    indent=2,
+                )
+            )
             return
         self.stdout.write(f"Tasks ({len(task_rows)}):")
         for row in task_rows:
@@ -69,4 +102,11 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"  {row['signal']}  sender={row['sender']}  "
                 f"[{'; '.join(row['conditions'])}]  -> {row['task']}"
+            )
+        self.stdout.write(f"Schedules ({len(schedule_rows)}):")
+        for row in schedule_rows:
+            where = f"  queue={row['queue']}" if "queue" in row else ""
+            self.stdout.write(
+                f"  {row['name']}  '{row['cron']}' {row['time_zone']}  -> {row['task']}{where}"
+                f"  next run {row['next_run']} ({row['next_run_utc']})"
             )

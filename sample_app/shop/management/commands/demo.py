@@ -1,7 +1,8 @@
 """``manage.py demo``: run the sample shop on a real HTTP server with the embedded Cloud Tasks
 emulator, play a scripted scenario end to end and print what happened, in order.
 
-``manage.py demo --serve`` starts the same server and keeps it running for clicking around.
+``manage.py demo --serve`` starts the same server and keeps it running for clicking around,
+on a database emptied of earlier runs' orders and task rows unless ``--keep-data`` says otherwise.
 Nothing here needs a Google account or a network: the emulator is a gRPC server inside this
 process and delivers tasks over HTTP to the server below, on 127.0.0.1.
 """
@@ -23,13 +24,14 @@ from django.contrib.staticfiles.handlers import StaticFilesHandler
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
+from django.core.management.color import no_style
 from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
-from django.db import transaction
+from django.db import connection, models, transaction
 from django.test.utils import override_settings
 from django.utils import timezone
 
 from cloudtask import TaskAlreadyExists, signals
-from cloudtask.models import TaskExecution
+from cloudtask.models import DeadLetter, OutboxMessage, TaskExecution
 from cloudtask.transports import get_transport
 
 from ... import services
@@ -44,6 +46,16 @@ from ...tasks import (
 #: The queue the shop's tasks use, created with a short retry backoff so the demo's retried
 #: failure comes back within a second instead of Cloud Tasks' usual backoff.
 DEMO_RETRY = {"max_attempts": 5, "min_backoff": 0.5, "max_backoff": 2.0, "max_doublings": 2}
+
+#: What ``--serve`` empties at start (unless --keep-data): the shop's rows and the task state
+#: cloudtask keeps about them. User accounts stay, so an admin login survives a restart.
+SESSION_MODELS: tuple[type[models.Model], ...] = (
+    Order,
+    TaskLog,
+    TaskExecution,
+    DeadLetter,
+    OutboxMessage,
+)
 
 
 class Timeline:
@@ -183,10 +195,17 @@ def tasks_delivered_to(url: str, *, emulator_log: bool) -> Iterator[None]:
     """Point CLOUDTASK["URL"] at the server that really listens (its port is known only now).
 
     Without emulator_log the emulator stays quiet: the scenario's timeline reports deliveries.
+    The emulator runs inside this process (PERSIST False), new for each run: the scenario counts
+    on a queue no other process shares (nothing left to deliver, a named task sent once), and
+    the command leaves nothing running when it exits.
     """
     cloudtask: dict[str, Any] = dict(settings.CLOUDTASK)
     cloudtask["URL"] = url
-    cloudtask["EMULATOR"] = {**cloudtask.get("EMULATOR", {}), "LOG": emulator_log}
+    cloudtask["EMULATOR"] = {
+        **cloudtask.get("EMULATOR", {}),
+        "LOG": emulator_log,
+        "PERSIST": False,
+    }
     with override_settings(CLOUDTASK=cloudtask):
         yield
 
@@ -200,6 +219,34 @@ def embedded_emulator() -> Any:
             f'The demo needs CLOUDTASK["TRANSPORT"] = "emulator"; the backend is {backend!r}.'
         )
     return emulator
+
+
+def dashboard_url() -> str | None:
+    """The emulator's dashboard page, if this cloudtask's transport serves one."""
+    method = getattr(get_transport(), "dashboard_url", None)
+    url = method() if callable(method) else None
+    return url if isinstance(url, str) else None
+
+
+def start_clean(*, keep: bool) -> str:
+    """Empty SESSION_MODELS unless keep; one line saying which, for --serve's banner."""
+    database = settings.DATABASES["default"]["NAME"]
+    if keep:
+        return (
+            f"Database {database}: kept as earlier runs left it (--keep-data), "
+            f"{Order.objects.count()} orders."
+        )
+    removed = sum(model._default_manager.count() for model in SESSION_MODELS)
+    # What manage.py flush does, for these tables only: the rows go and the ids start again,
+    # so the first order of the session is #1.
+    tables = [model._meta.db_table for model in SESSION_MODELS]
+    connection.ops.execute_sql_flush(
+        connection.ops.sql_flush(no_style(), tables, reset_sequences=True)
+    )
+    return (
+        f"Database {database}: started clean ({removed} rows of earlier runs removed; "
+        "user accounts kept). --keep-data (make demo-serve KEEP_DATA=1) keeps them."
+    )
 
 
 def create_queue(queue_id: str) -> str:
@@ -245,6 +292,11 @@ class Command(BaseCommand):
             help="Port to bind: 0 picks a free one. Default 8000 with --serve, else 0.",
         )
         parser.add_argument(
+            "--keep-data",
+            action="store_true",
+            help="With --serve: keep earlier runs' orders and task rows (default: remove them).",
+        )
+        parser.add_argument(
             "--timeout",
             type=float,
             default=20.0,
@@ -254,6 +306,12 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         call_command("migrate", interactive=False, verbosity=0)
         serve: bool = options["serve"]
+        if options["keep_data"] and not serve:
+            raise CommandError(
+                "--keep-data goes with --serve: the scenario always keeps earlier runs' rows "
+                "(it looks only at its own)."
+            )
+        database = start_clean(keep=options["keep_data"]) if serve else ""
         port: int = options["port"] if options["port"] is not None else (8000 if serve else 0)
         timeline = Timeline(self.stdout)
         try:
@@ -267,7 +325,7 @@ class Command(BaseCommand):
                 queue = create_queue(str(settings.CLOUDTASK["QUEUE"]))
                 emulator = embedded_emulator()
                 if serve:
-                    self.serve(server, emulator, queue)
+                    self.serve(server, emulator, queue, database)
                 else:
                     with logs_on(timeline, "cloudtask", "django.request"):
                         Scenario(timeline, emulator, options["timeout"]).play(server, queue)
@@ -281,12 +339,17 @@ class Command(BaseCommand):
                 )
             self.stdout.write(f"\nAll {timeline.checks} expectations met.")
 
-    def serve(self, server: SampleServer, emulator: Any, queue: str) -> None:
-        self.stdout.write(
-            f"Serving the sample shop at {server.url}\n"
-            f"Cloud Tasks emulator (gRPC) at {emulator.address}, queue {queue.rsplit('/', 1)[-1]}\n"
-            "Deliveries to /_tasks/ are logged below. Press Ctrl-C to stop."
-        )
+    def serve(self, server: SampleServer, emulator: Any, queue: str, database: str) -> None:
+        dashboard = dashboard_url()
+        lines = [
+            f"Serving the sample shop at {server.url}",
+            *([f"Emulator dashboard at {dashboard}"] if dashboard else []),
+            f"Cloud Tasks emulator (gRPC) at {emulator.address}, queue {queue.rsplit('/', 1)[-1]}",
+            database,
+            f"Times are shown in {timezone.get_current_timezone_name()} (settings.TIME_ZONE).",
+            "Deliveries to /_tasks/ are logged below. Press Ctrl-C to stop.",
+        ]
+        self.stdout.write("\n".join(lines))
         self.stdout.flush()
         try:
             while server.thread.is_alive():
@@ -323,7 +386,8 @@ class Scenario:
         when = ""
         if handle.message.schedule_time is not None:
             at = timezone.localtime(handle.message.schedule_time)
-            when = f", scheduled for {at:%H:%M:%S}.{at.microsecond // 1000:03d}"
+            zone = timezone.get_current_timezone_name()
+            when = f", scheduled for {at:%H:%M:%S}.{at.microsecond // 1000:03d} {zone}"
         task_id = handle.id if len(handle.id or "") <= 24 else f"{handle.id[:20]}..."
         self.t.say(f"enqueued {label} as task {task_id} on queue {handle.queue}{when}", mark=">")
 
@@ -352,6 +416,7 @@ class Scenario:
             self.rollback()
             self.named_duplicate()
             self.scheduled(order)
+            self.cron_schedule()
             self.summary()
         finally:
             signals.task_enqueued.disconnect(dispatch_uid="shop.demo.enqueued")
@@ -359,6 +424,11 @@ class Scenario:
     def order_committed(self) -> Order:
         t = self.t
         t.step("1. Create an order in a transaction: its tasks leave at the commit")
+        t.say(
+            "note: charge_payment fails on purpose on its first attempt to show a retry (a "
+            "simulated payment gateway timeout, raised as cloudtask.Retry): expect one WARNING "
+            "line and a 503 for attempt 1, then attempt 2 succeeds (step 2)"
+        )
         with transaction.atomic():
             order = Order.objects.create(customer="Ada", total=Decimal("42.00"))
             confirmation = send_confirmation(order).delay()
@@ -406,7 +476,8 @@ class Scenario:
         t.say(f"charge_payment attempts: {outcomes}")
         t.expect(
             outcomes == [(1, "retrying"), (2, "succeeded")],
-            "attempt 1 failed (HTTP 500, retried after the queue's backoff), attempt 2 succeeded",
+            "attempt 1 asked for a retry (HTTP 503, retried after the queue's backoff), "
+            "attempt 2 succeeded",
         )
         order.refresh_from_db()
         t.expect(order.status == Order.Status.PAID, f"order #{order.pk} is now paid")
@@ -518,6 +589,50 @@ class Scenario:
             and order.reminded_at is not None
             and order.reminded_at >= due - timedelta(milliseconds=50),
             "it was delivered at or after its schedule time, not before",
+        )
+
+    def cron_schedule(self) -> None:
+        """A CLOUDTASK["SCHEDULES"] entry as a job in the emulator's Cloud Scheduler, fired now
+        (as `gcloud scheduler jobs run` does: cron granularity is a minute, the demo does not
+        wait for it) and delivered to the site like Cloud Scheduler delivers it."""
+        from zoneinfo import ZoneInfo
+
+        from google.api_core.exceptions import AlreadyExists
+
+        from cloudtask import schedules
+
+        t = self.t
+        t.step("7. A cron schedule from the settings, fired by the emulator's Cloud Scheduler")
+        entry = schedules.get_schedules()["nightly-digest"]
+        fire = schedules.next_run(entry)
+        local = timezone.localtime(fire, ZoneInfo(entry.time_zone))
+        t.say(
+            f"schedule {entry.name}: {entry.task.rsplit('.', 1)[-1]} at '{entry.cron}' in "
+            f"{entry.time_zone}; next run {local:%Y-%m-%d %H:%M %Z} ({fire:%H:%M} UTC)"
+        )
+        client = self.emulator.scheduler_client()
+        desired = schedules.job_for(entry, parent=self.emulator.location_path)
+        try:
+            job = client.create_job(parent=self.emulator.location_path, job=desired)
+        except AlreadyExists:  # applied when the site connected to the emulator
+            job = client.update_job(job=desired)
+        t.expect(
+            job.schedule_time == fire and schedules.is_managed(job),
+            "the job is in the emulator, due at that next run, marked as cloudtask's",
+        )
+        client.run_job(name=job.name)
+        t.say(f"ran job {entry.name} now (RunJob)")
+        name = "shop.tasks.nightly_digest"
+        t.wait_for(
+            lambda: TaskLog.objects.filter(task=name, started_at__gte=self.started).exists(),
+            "Cloud Scheduler's POST reached the site and the task ran",
+            self.timeout,
+        )
+        row = TaskLog.objects.filter(task=name, started_at__gte=self.started).get()
+        t.say(f"{row.detail}")
+        t.expect(
+            row.outcome == TaskLog.Outcome.SUCCEEDED and entry.name in row.detail,
+            "the task knew which schedule fired it",
         )
 
     def summary(self) -> None:
