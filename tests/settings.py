@@ -75,12 +75,12 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": SQLITE_DIR / f"cloudtask-tests-{RUN}.sqlite3",
-            "TEST": {"NAME": SQLITE_DIR / f"cloudtask-tests-{RUN}.sqlite3"},
+            "TEST": {"NAME": str(SQLITE_DIR / f"cloudtask-tests-{RUN}.sqlite3")},
         },
         "other": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": SQLITE_DIR / f"cloudtask-tests-other-{RUN}.sqlite3",
-            "TEST": {"NAME": SQLITE_DIR / f"cloudtask-tests-other-{RUN}.sqlite3"},
+            "TEST": {"NAME": str(SQLITE_DIR / f"cloudtask-tests-other-{RUN}.sqlite3")},
         },
     }
 
