@@ -74,12 +74,12 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": SQLITE_DIR / f"cloudtask-tests-{RUN}.sqlite3",
+            "NAME": str(SQLITE_DIR / f"cloudtask-tests-{RUN}.sqlite3"),
             "TEST": {"NAME": str(SQLITE_DIR / f"cloudtask-tests-{RUN}.sqlite3")},
         },
         "other": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": SQLITE_DIR / f"cloudtask-tests-other-{RUN}.sqlite3",
+            "NAME": str(SQLITE_DIR / f"cloudtask-tests-other-{RUN}.sqlite3"),
             "TEST": {"NAME": str(SQLITE_DIR / f"cloudtask-tests-other-{RUN}.sqlite3")},
         },
     }
