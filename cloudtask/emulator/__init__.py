@@ -280,9 +280,13 @@ class Emulator:
                 scheduler.stop(grace)
                 self._jobs = scheduler.snapshot()
         finally:
-            if state is not None:
-                state.stop()  # last: the final state has every RPC and delivery result
-            self._stopped.set()
+            try:
+                if state is not None:
+                    state.stop()  # last: the final state has every RPC and delivery result
+            finally:
+                # Even when the last save failed (a full disk): whoever waits for the stop
+                # must not wait forever.
+                self._stopped.set()
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         """Wait until the emulator is stopped (by stop(), or by itself after idle_timeout);

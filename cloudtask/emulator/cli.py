@@ -117,6 +117,10 @@ def _set_when_stopped(emulator: Emulator, event: threading.Event) -> None:
     event.set()
 
 
+#: Seconds between two looks at the signal flag while serving (how late Ctrl-C may be noticed).
+SIGNAL_POLL = 0.1
+
+
 def serve(
     emulator: Emulator, out: TextIO, *, state_dir: str | os.PathLike[str] | None = None
 ) -> None:
@@ -141,10 +145,13 @@ def serve(
             sys.stderr.write(f"{exc}\n")
             raise SystemExit(EXIT_ALREADY_RUNNING) from None
     stop = threading.Event()
+    # The handler only flips a flag: setting the Event from a signal handler could deadlock on
+    # the Event's own lock, had the signal come while this thread held it inside wait().
+    signalled: list[int] = []
     previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+            previous[signum] = signal.signal(signum, lambda number, _: signalled.append(number))
     try:
         try:
             emulator.start()
@@ -180,7 +187,8 @@ def serve(
                 "stop with Ctrl-C.\n"
             )
             out.flush()
-            stop.wait()
+            while not signalled and not stop.wait(SIGNAL_POLL):
+                pass
         finally:
             emulator.stop()
             out.write("Cloud Tasks emulator stopped\n")

@@ -3,8 +3,9 @@ settings of the processes these tests start (senders, runserver, cloudtask_emula
 
 The test says where things are through the environment: LOCALQUEUE_STATE_DIR (the emulator's
 state directory, one per test), LOCALQUEUE_URL (where tasks go), LOCALQUEUE_PERSIST ("0": an
-emulator inside each process) and LOCALQUEUE_WATCH (a module to import, which the runserver
-test touches to make the autoreloader restart).
+emulator inside each process), LOCALQUEUE_WATCH (a module to import, which the runserver
+test touches to make the autoreloader restart) and LOCALQUEUE_NOTES (a file: a schedule runs
+localqueue.note into it).
 """
 
 import importlib
@@ -35,6 +36,16 @@ CLOUDTASK = {
         "PERSIST": os.environ.get("LOCALQUEUE_PERSIST", "1") == "1",
     },
 }
+
+if os.environ.get("LOCALQUEUE_NOTES"):
+    CLOUDTASK["SCHEDULES"] = {
+        "nightly-note": {
+            "task": "localqueue.note",
+            "cron": "30 2 * * *",
+            "time_zone": "Europe/Zurich",
+            "kwargs": {"path": os.environ["LOCALQUEUE_NOTES"], "text": "fired by cron"},
+        }
+    }
 
 if os.environ.get("LOCALQUEUE_WATCH"):
     importlib.import_module(os.environ["LOCALQUEUE_WATCH"])

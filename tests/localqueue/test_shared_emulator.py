@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from cloudtask.schedules import make_scheduler_client
 from tests import waiting
 
 # Registers localqueue.note in this process too, so the live server below can run it.
@@ -89,6 +90,33 @@ def test_a_runserver_reload_loses_nothing(
         0,
     )
     assert env.running() == started  # the same emulator throughout
+
+
+def test_runserver_alone_brings_up_the_emulator_with_the_projects_schedules(
+    state_dir: Path, notes: Path, processes: list[Process]
+) -> None:
+    port = free_port()
+    env = Env(state_dir, f"http://127.0.0.1:{port}/_tasks/")
+    runserver(env, port, processes, LOCALQUEUE_NOTES=str(notes))
+
+    # Nothing sent a task: the serving process started the emulator and applied SCHEDULES.
+    running = waiting.poll(env.running, WAIT, "runserver started the shared emulator")
+    client = make_scheduler_client(running.address)
+    try:
+        parent = f"projects/{running.project}/locations/{running.location}"
+        jobs = waiting.poll(
+            lambda: list(client.list_jobs(parent=parent)), WAIT, "the schedule applied"
+        )
+        assert [(job.name, job.schedule, job.time_zone) for job in jobs] == [
+            (f"{parent}/jobs/nightly-note", "30 2 * * *", "Europe/Zurich")
+        ]
+        # It fires at 02:30 in Zurich (cron times are tested on a manual clock); run it now,
+        # as `gcloud scheduler jobs run` would: the site runs the task with its arguments.
+        client.run_job(name=jobs[0].name)
+    finally:
+        client.transport.close()
+    [run] = waiting.poll(lambda: read_notes(notes), WAIT, "the schedule's task ran")
+    assert (run["text"], run["signed"]) == ("fired by cron", True)
 
 
 def test_a_site_that_comes_up_late_gets_its_task_without_used_attempts(
