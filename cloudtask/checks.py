@@ -81,6 +81,7 @@ def check_settings(
                         key,
                         Error(
                             f'CLOUDTASK["{key}"] is required by the "cloudtasks" transport.',
+                            hint=_not_on_cloud_run(key),
                             id=f"cloudtask.E00{number}",
                         ),
                     )
@@ -98,7 +99,7 @@ def check_settings(
                         + ", ".join(without)
                         + ".",
                         hint='Set CLOUDTASK["URL"] to the endpoint\'s full URL, e.g. '
-                        '"https://example.com/_tasks/".',
+                        '"https://example.com/_tasks/". ' + _not_on_cloud_run("URL"),
                         id="cloudtask.E004",
                     ),
                 )
@@ -202,6 +203,15 @@ def _cloud_run(
             )
         )
     return values, undetected, messages
+
+
+def _not_on_cloud_run(key: str) -> str:
+    """The hint of E001-E004, which are reported only where nothing is detected."""
+    return (
+        f'Inside a Cloud Run container CLOUDTASK["{key}"] is detected when left unset; this '
+        "process is not in one, so set it here. manage.py cloudtask_sync run from a laptop or "
+        "CI needs it set too (e.g. from an environment variable)."
+    )
 
 
 def check_deploy(
@@ -362,7 +372,8 @@ _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "testserver"})
 
 def _is_this_site(url: str) -> bool:
     """Whether url is served by this site: relative, a local host, or a host ALLOWED_HOSTS
-    names. ALLOWED_HOSTS = ["*"] proves nothing: the tasks may go to another service."""
+    names exactly. A pattern proves nothing: with ALLOWED_HOSTS = ["*"] or [".run.app"] (common
+    on Cloud Run), the tasks may go to another service under the same domain."""
     parts = urlsplit(url)
     if not parts.netloc:
         return True
@@ -371,7 +382,8 @@ def _is_this_site(url: str) -> bool:
         return False
     if host in _LOCAL_HOSTS or host.endswith(".localhost"):
         return True
-    return validate_host(host, [h for h in django_settings.ALLOWED_HOSTS if h != "*"])
+    exact = [h for h in django_settings.ALLOWED_HOSTS if h != "*" and not h.startswith(".")]
+    return validate_host(host, exact)
 
 
 def _site_path(url: str) -> str:

@@ -1,8 +1,9 @@
 """On Cloud Run, find the PROJECT, LOCATION, SAE and URL a CLOUDTASK setting left unset.
 
 Detection happens only inside a Cloud Run container (a service sets K_SERVICE, K_REVISION and
-K_CONFIGURATION; a job sets CLOUD_RUN_JOB): anywhere else no metadata server is ever contacted,
-so a laptop never waits on one. Each value comes from the first source that has it:
+K_CONFIGURATION; a job sets CLOUD_RUN_JOB; neither sets KUBERNETES_SERVICE_HOST, which Knative on
+Kubernetes sets beside the same K_* variables): anywhere else no metadata server is ever
+contacted, so a laptop never waits on one. Each value comes from the first source that has it:
 
 * PROJECT: GOOGLE_CLOUD_PROJECT, GCLOUD_PROJECT or CLOUDSDK_CORE_PROJECT, else the metadata
   server's ``project/project-id``;
@@ -12,8 +13,11 @@ so a laptop never waits on one. Each value comes from the first source that has 
 * URL: the service's deterministic URL ``https://{K_SERVICE}-{PROJECT_NUMBER}.{REGION}.run.app``
   plus the path of cloudtask's endpoint, reversed from the URLconf (``cloudtask:endpoint``).
 
-Each lookup is made once, on first use, and remembered (a failure too, so a broken metadata
-server costs one short timeout, not one per task); ``reset()`` forgets them.
+Each lookup is made on first use and its answer remembered, as is a definitive failure (an HTTP
+error from the metadata server, or a server that is not one). A network failure (refused, timed
+out, cut) is tried again at once (METADATA_ATTEMPTS in all), then remembered for FAILURE_TTL
+seconds only: a metadata server that is slow at a cold start costs a few short timeouts, not
+one per task, and not the process's life. ``reset()`` forgets everything.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import http.client
 import os
 import re
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -37,6 +42,8 @@ DETECTABLE = ("PROJECT", "LOCATION", "SAE", "URL")
 SERVICE_VARIABLES = ("K_SERVICE", "K_REVISION", "K_CONFIGURATION")
 #: Cloud Run sets it in a job's containers.
 JOB_VARIABLE = "CLOUD_RUN_JOB"
+#: Kubernetes sets it in every pod, Knative services included; Cloud Run never does.
+KUBERNETES_VARIABLE = "KUBERNETES_SERVICE_HOST"
 #: Where Google's client libraries and the gcloud CLI read a project id, in their order.
 PROJECT_VARIABLES = ("GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT")
 #: As google-auth: GCE_METADATA_HOST names host[:port], GCE_METADATA_ROOT is its old name.
@@ -45,6 +52,12 @@ DEFAULT_METADATA_HOST = "metadata.google.internal"
 #: Seconds one metadata request may take. The server is local to the container and answers in
 #: milliseconds; a longer wait only delays the error.
 METADATA_TIMEOUT = 1.0
+#: Tries of one metadata request that fails on the network (refused, timed out, cut).
+METADATA_ATTEMPTS = 3
+#: Seconds between those tries: a server still starting with the container gets a moment.
+METADATA_RETRY_PAUSE = 0.1
+#: Seconds a network failure is remembered before the next lookup asks again.
+FAILURE_TTL = 30.0
 METADATA_SOURCE = "metadata server"
 #: The name of cloudtask's endpoint in cloudtask/urls.py, under its app namespace.
 ENDPOINT_URL_NAME = "cloudtask:endpoint"
@@ -68,22 +81,33 @@ class Detected:
 
 
 def on_cloud_run(environ: Mapping[str, str]) -> bool:
-    """Whether environ is that of a Cloud Run service or job container."""
+    """Whether environ is that of a Cloud Run service or job container. The K_* variables are
+    Knative's contract, which Knative on Kubernetes (GKE, ...) sets too; only there is
+    KUBERNETES_SERVICE_HOST set, and that metadata server (if any) describes a node, not a
+    Cloud Run service."""
+    if environ.get(KUBERNETES_VARIABLE):
+        return False
     return all(environ.get(name) for name in SERVICE_VARIABLES) or bool(environ.get(JOB_VARIABLE))
 
 
 class _Unavailable:
-    """Why a metadata lookup gave no value (remembered like a value)."""
+    """Why a metadata lookup gave no value (remembered like a value, until ``expires``: a
+    clock reading, None for a definitive answer)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, expires: float | None = None) -> None:
         self.reason = reason
+        self.expires = expires
 
 
 class CloudRun:
-    """What one Cloud Run container can find out about itself; every lookup is made once."""
+    """What one Cloud Run container can find out about itself; each answer is remembered.
+    ``clock`` (monotonic seconds) times how long a network failure is remembered."""
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, environ: Mapping[str, str], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.environ = dict(environ)
+        self.clock = clock
         self.service = environ.get("K_SERVICE") or None
         self.job = environ.get(JOB_VARIABLE) or None
         host = next(
@@ -92,12 +116,13 @@ class CloudRun:
         )
         self.metadata_root = f"http://{host}/computeMetadata/v1/"
         # Held during a request: a second thread needing the same answer waits for it instead
-        # of asking again, and never longer than METADATA_TIMEOUT.
+        # of asking again (at most METADATA_ATTEMPTS timeouts).
         self._lock = threading.Lock()
         self._answers: dict[str, str | _Unavailable] = {}
-        #: Set once the server failed as a whole (unreachable, not a metadata server): every
-        #: later lookup fails at once with the same reason instead of waiting again.
-        self._broken: str | None = None
+        #: Set when the server failed as a whole (unreachable, not a metadata server): every
+        #: later lookup fails at once with the same reason instead of waiting again, until it
+        #: expires (never, for a server that is not a metadata server).
+        self._broken: _Unavailable | None = None
         self._endpoint_path: str | None = None
 
     def detect(self, key: str) -> Detected:
@@ -166,45 +191,64 @@ class CloudRun:
     def _metadata(self, key: str, path: str) -> str:
         with self._lock:
             answer = self._answers.get(path)
-            if answer is None:
+            if answer is None or self._expired(answer):
                 answer = self._answers[path] = self._fetch(path)
         if isinstance(answer, _Unavailable):
             raise self._error(key, answer.reason)
         return answer
 
+    def _expired(self, answer: str | _Unavailable) -> bool:
+        return (
+            isinstance(answer, _Unavailable)
+            and answer.expires is not None
+            and self.clock() >= answer.expires
+        )
+
     def _fetch(self, path: str) -> str | _Unavailable:
-        if self._broken is not None:
-            return _Unavailable(self._broken)
+        if self._broken is not None and not self._expired(self._broken):
+            return self._broken
+        self._broken = None
         url = self.metadata_root + path
         # S310: the scheme is http://, written in __init__, never taken from input.
         request = urllib.request.Request(url, headers={"Metadata-Flavor": "Google"})  # noqa: S310
-        try:
-            with _OPENER.open(request, timeout=METADATA_TIMEOUT) as response:
-                if response.headers.get("Metadata-Flavor") != "Google":
+        for attempt in range(1, METADATA_ATTEMPTS + 1):
+            try:
+                with _OPENER.open(request, timeout=METADATA_TIMEOUT) as response:
+                    if response.headers.get("Metadata-Flavor") != "Google":
+                        return self._not_metadata_server(url)
+                    body: bytes = response.read()
+            except urllib.error.HTTPError as exc:
+                if exc.headers.get("Metadata-Flavor") != "Google":
                     return self._not_metadata_server(url)
-                body: bytes = response.read()
-        except urllib.error.HTTPError as exc:
-            if exc.headers.get("Metadata-Flavor") != "Google":
-                return self._not_metadata_server(url)
-            return _Unavailable(f"the metadata server answered {url} with HTTP {exc.code}")
-        except (OSError, http.client.HTTPException) as exc:
-            # URLError, a refused connection and a timeout are all OSErrors.
-            reason = getattr(exc, "reason", exc)
-            self._broken = f"no metadata server answered at {self.metadata_root} ({reason})"
-            return _Unavailable(self._broken)
-        value = body.decode("utf-8", "replace").strip()
-        if not value:
-            return _Unavailable(f"the metadata server answered {url} with an empty value")
-        return value
+                return _Unavailable(f"the metadata server answered {url} with HTTP {exc.code}")
+            except (OSError, http.client.HTTPException) as exc:
+                # URLError, a refused connection, a timeout and a cut connection: the server
+                # may only be starting (a cold start), so it is asked again, and the failure
+                # is remembered for FAILURE_TTL only.
+                if attempt < METADATA_ATTEMPTS:
+                    time.sleep(METADATA_RETRY_PAUSE)
+                    continue
+                reason = getattr(exc, "reason", exc)
+                self._broken = _Unavailable(
+                    f"no metadata server answered at {self.metadata_root} ({reason}; "
+                    f"{METADATA_ATTEMPTS} attempts, asked again after {FAILURE_TTL:g} s)",
+                    expires=self.clock() + FAILURE_TTL,
+                )
+                return self._broken
+            value = body.decode("utf-8", "replace").strip()
+            if not value:
+                return _Unavailable(f"the metadata server answered {url} with an empty value")
+            return value
+        raise AssertionError("unreachable: the last attempt returns")
 
     def _not_metadata_server(self, url: str) -> _Unavailable:
         # A metadata server always sends the header: anything else at that address (a proxy, a
         # captive portal, an impostor) must not choose the project or the service account.
-        self._broken = (
+        self._broken = _Unavailable(
             f"{url} answered without the header Metadata-Flavor: Google, so it is not a "
             "metadata server"
         )
-        return _Unavailable(self._broken)
+        return self._broken
 
     @staticmethod
     def _error(key: str, reason: str, fix: str = "") -> DetectionError:

@@ -197,6 +197,19 @@ class CloudTaskSettings:
             return configured
         return self.cloud_run.detect(key).value
 
+    def token_audience(self, url: str, audience: str | None = None) -> str:
+        """The audience of the OIDC token on a request to ``url`` (a task, a Cloud Scheduler
+        job): the one the endpoint verifies (cloudtask.oidc.expected_audiences), so the
+        precedence is the same: ``audience`` (the OIDC_AUDIENCE a message was encoded with),
+        OIDC_AUDIENCE, URL, else ``url`` itself. A URL that is neither set nor detectable (a
+        Cloud Run job, a service that only sends) is no error here: the request has ``url``."""
+        if audience or self.oidc_audience:
+            return audience or self.oidc_audience or url
+        try:
+            return self.url or url
+        except cloudrun.DetectionError:
+            return url
+
     def detections(self) -> dict[str, cloudrun.Detected | cloudrun.DetectionError]:
         """On Cloud Run, each of PROJECT, LOCATION, SAE and URL left unset: what was detected
         for it, or why nothing was ({} elsewhere). Makes the lookups not made yet."""
@@ -378,7 +391,10 @@ def _queue_value(key: str, value: object, where: str) -> Any:
                 rule="retry",
             )
         return integer
-    # A duration: whole seconds, as Cloud Tasks truncates them (a fraction would never match).
+    # A duration (a protobuf Duration, seconds and nanos). The backoffs may have fractions of a
+    # second: Google's own default min_backoff is 0.1 s, so writing it back must be possible.
+    # max_retry_duration is truncated to the second by Cloud Tasks: a fraction would never
+    # match what it stores, and cloudtask_sync would report it changed on every run.
     if isinstance(value, timedelta):
         duration = value
     elif number is not None:
@@ -387,10 +403,16 @@ def _queue_value(key: str, value: object, where: str) -> Any:
         raise QueueSettingError(
             f"{where} must be a number of seconds or a timedelta, not {value!r}.", rule="retry"
         )
-    if duration < timedelta(0) or duration.microseconds:
+    if duration < timedelta(0):
         raise QueueSettingError(
-            f"{where} must be a whole, non-negative number of seconds (Cloud Tasks truncates "
-            f"to the second), not {duration.total_seconds():g} s.",
+            f"{where} must be a non-negative number of seconds, not "
+            f"{duration.total_seconds():g} s.",
+            rule="retry",
+        )
+    if key == "max_retry_duration" and duration.microseconds:
+        raise QueueSettingError(
+            f"{where} must be a whole number of seconds (Cloud Tasks truncates it to the "
+            f"second), not {duration.total_seconds():g} s.",
             rule="retry",
         )
     return duration

@@ -28,6 +28,7 @@ from django.utils import timezone
 from . import outbox, records, registry, schedules
 from .conf import CloudTaskSettings, get_settings
 from .exceptions import (
+    ConfigurationError,
     EnqueueError,
     InvalidTaskRequest,
     ObjectDeleted,
@@ -152,6 +153,24 @@ def _enqueue_firing(
     except EnqueueError as exc:
         logger.error("Schedule %s could not enqueue task %s: %s", firing.schedule, task.name, exc)
         return HttpResponse("enqueue failed", status=503, content_type=_TEXT)
+    except ConfigurationError as exc:
+        # The settings, not the firing, are wrong (no URL to send the call to, ...): a 500
+        # Cloud Scheduler retries under the job's retry config, with the fix in the log.
+        logger.error(
+            "Schedule %s could not enqueue task %s on queue %s: %s (a firing sent through a "
+            "queue goes to the schedule's url, else the task's url=, else "
+            'CLOUDTASK["URL"]; fix CLOUDTASK["SCHEDULES"][%r] or the setting named).',
+            firing.schedule,
+            task.name,
+            firing.queue,
+            exc,
+            firing.schedule,
+        )
+        return _logged(
+            HttpResponse(
+                "schedule misconfigured; not enqueued (see the log)", status=500, content_type=_TEXT
+            )
+        )
     return HttpResponse(
         f"enqueued as task {handle.task_id} on queue {firing.queue}", content_type=_TEXT
     )
@@ -203,6 +222,10 @@ def _unknown(
     # The error names the modules task discovery imported and how to register another one:
     # the usual cause is a task defined outside an app's tasks.py that nothing imported.
     logger.warning("%s", error)
+    if not settings.authenticated and IN_PROCESS_KEY not in request.META:
+        # Anyone may have sent it (ALLOW_UNAUTHENTICATED, DEBUG): the project's module names
+        # stay in the log.
+        return HttpResponseNotFound("unknown task; see the log for why", content_type=_TEXT)
     return HttpResponseNotFound(f"unknown task: {error}", content_type=_TEXT)
 
 

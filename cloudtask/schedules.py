@@ -232,10 +232,11 @@ def job_for(schedule: Schedule, *, parent: str) -> scheduler_v1.Job:
         body=message.body,
     )
     if message.oidc_service_account:
-        # The audience the endpoint verifies (cloudtask.oidc): OIDC_AUDIENCE, else the URL.
+        # The audience the endpoint verifies, by the rule tasks follow too: a schedule with a
+        # url of its own still gets OIDC_AUDIENCE, else URL (refused with 403 otherwise).
         target.oidc_token = v1.OidcToken(
             service_account_email=message.oidc_service_account,
-            audience=message.oidc_audience or message.url,
+            audience=settings.token_audience(message.url, message.oidc_audience),
         )
     retry = schedule.retry
     description = f"{schedule.description} {MANAGED_MARKER}".lstrip()
@@ -299,6 +300,9 @@ class Firing:
     task_id: str
     #: The Cloud Tasks queue to enqueue the call on (None: run it inline).
     queue: str | None
+    #: The schedule's own url (None: the settings do not name the schedule, or it sets none):
+    #: a call enqueued on ``queue`` goes to the endpoint the job itself POSTs to.
+    url: str | None = None
 
 
 def firing_task_id(job_id: str, schedule_time: datetime | None) -> str:
@@ -325,11 +329,16 @@ def firing_of(request: HttpRequest) -> Firing | None:
         return None
     said = CloudTaskRequest.from_http(request, None)
     job = said.schedule_name or "schedule"
+    queue = meta.get(QUEUE_META) or None
+    # Only a firing sent on through a queue needs the schedule's url; the settings' mistakes
+    # are the checks' to report, and a schedule they no longer name has no url to look up.
+    declared = collect()[0].get(job) if queue is not None else None
     return Firing(
         schedule=job,
         schedule_time=said.schedule_time,
         task_id=firing_task_id(job, said.schedule_time),
-        queue=meta.get(QUEUE_META) or None,
+        queue=queue,
+        url=declared.url if declared is not None else None,
     )
 
 
@@ -337,8 +346,10 @@ def enqueue_firing(
     firing: Firing, task: Any, raw_args: list[Any], raw_kwargs: dict[str, Any]
 ) -> TaskHandle:
     """Send the call a firing carries to its queue, as a Cloud Tasks task named after the
-    firing (a repeated delivery of the firing is refused as TaskAlreadyExists). Raises what
-    decoding (InvalidTaskRequest, ObjectDeleted) or sending raises."""
+    firing (a repeated delivery of the firing is refused as TaskAlreadyExists), addressed to
+    the schedule's url, else the task's url=, else CLOUDTASK["URL"]. Raises what decoding
+    (InvalidTaskRequest, ObjectDeleted) or sending raises (ConfigurationError without any of
+    the three URLs)."""
     assert firing.queue is not None
     args, kwargs = decode_arguments(raw_args, raw_kwargs)
     headers = {NAME_HEADER: firing.schedule}
@@ -347,7 +358,7 @@ def enqueue_firing(
     message = encode_message(
         task.name,
         firing.queue,
-        getattr(task, "url", None),
+        firing.url or getattr(task, "url", None),
         args,
         kwargs,
         label=task.name,

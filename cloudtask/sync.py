@@ -161,6 +161,9 @@ class Plan:
     left_alone: tuple[str, ...] = ()
     #: Resources cloudtask_sync made that the settings no longer name, without --prune.
     orphans: tuple[str, ...] = ()
+    #: Schedules left out of the plan, with why (plan(skip_bad_schedules=True) only): their
+    #: jobs are left as they are. The name is None for CLOUDTASK["SCHEDULES"] as a whole.
+    skipped: tuple[tuple[str | None, str], ...] = ()
 
     @property
     def changes(self) -> list[Change]:
@@ -407,8 +410,17 @@ def _job_change(job_id: str, desired: Any, existing: Any) -> Change:
     return Change("job", job_id, desired.name, "update", tuple(fields), desired, tuple(mask), note)
 
 
-def _plan_jobs(target: Target, prune: bool) -> _Half | None:
-    configured = schedules.get_schedules()
+def _plan_jobs(
+    target: Target, prune: bool, skipped: list[tuple[str | None, str]] | None = None
+) -> _Half | None:
+    """The jobs half of a plan (None: not looked at). With ``skipped`` (a list), a schedule
+    that cannot become a job is added there (its name, or None for the whole setting, and
+    why) instead of raised, and its existing job is neither updated nor pruned."""
+    if skipped is None:
+        configured = schedules.get_schedules()
+    else:
+        configured, problems = schedules.collect()
+        skipped.extend((problem.schedule, str(problem)) for problem in problems)
     if not configured and not prune:
         return None
     if not configured and not schedules.scheduler_available():
@@ -422,9 +434,20 @@ def _plan_jobs(target: Target, prune: bool) -> _Half | None:
         return None  # an emulator without the Cloud Scheduler API holds no jobs
     half = _Half()
     for job_id, schedule in sorted(configured.items()):
-        desired = schedules.job_for(schedule, parent=target.parent)
+        try:
+            desired = schedules.job_for(schedule, parent=target.parent)
+        except CloudTaskError as exc:  # arguments that do not serialize, no URL, ...
+            if skipped is None:
+                raise
+            skipped.append((job_id, str(exc)))
+            continue
         half.changes.append(_job_change(job_id, desired, existing.pop(desired.name, None)))
+    # A schedule the settings name with a mistake keeps the job it had; a mistake in the
+    # setting as a whole hides which jobs it names, so none is pruned.
+    kept = {name for name, _ in skipped or ()}
     for name, job in sorted(existing.items()):
+        if kept and (None in kept or name.rsplit("/", 1)[-1] in kept):
+            continue
         half.unnamed(
             Change("job", name.rsplit("/", 1)[-1], name, "delete"), schedules.is_managed(job), prune
         )
@@ -457,12 +480,25 @@ def default_target() -> Target:
     return Target(tasks=client, project=project, location=location, emulator_host=host)
 
 
-def plan(*, prune: bool, target: Target | None = None) -> Plan:
-    """What makes target (default: the transport's Cloud Tasks) match the settings."""
+def plan(*, prune: bool, target: Target | None = None, skip_bad_schedules: bool = False) -> Plan:
+    """What makes target (default: the transport's Cloud Tasks) match the settings.
+
+    ``skip_bad_schedules``: a schedule that cannot become a job (a mistake in it, or the jobs
+    cannot be read at all) is left out and listed in ``Plan.skipped`` instead of raised; the
+    queues are planned (and their errors raised) all the same.
+    """
+    skipped: list[tuple[str | None, str]] | None = [] if skip_bad_schedules else None
     try:
         target = target or default_target()
         queues = _plan_queues(target, get_settings().queues, prune)
-        jobs = _plan_jobs(target, prune)
+        if skipped is None:
+            jobs = _plan_jobs(target, prune)
+        else:
+            try:
+                jobs = _plan_jobs(target, prune, skipped)
+            except (CloudTaskError, api_exceptions.GoogleAPIError, grpc.RpcError) as exc:
+                skipped.append((None, f"the Cloud Scheduler jobs could not be planned: {exc}"))
+                jobs = None
     except google_auth_exceptions.DefaultCredentialsError as exc:
         raise SyncError(
             "No Google credentials to call Cloud Tasks with: run `gcloud auth application-default "
@@ -480,6 +516,7 @@ def plan(*, prune: bool, target: Target | None = None) -> Plan:
         # Listed with --prune only: what it does not delete, and why.
         left_alone=tuple(x for h in halves for x in h.left_alone) if prune else (),
         orphans=tuple(x for h in halves for x in h.orphans),
+        skipped=tuple(skipped or ()),
     )
 
 
@@ -591,7 +628,11 @@ def apply(plan: Plan, *, progress: Callable[[Change], None] | None = None) -> Ap
 def apply_on_connect(*, address: str, project: str, location: str, **kwargs: Any) -> None:
     """emulator_connected receiver: the emulator gets the settings' queues and jobs, and loses
     the managed ones they no longer name (a removed schedule stops firing locally). One INFO
-    line when it went well; an error logged and raised (into the send) when not."""
+    line when it went well.
+
+    A queue decides whether a send can work: a queue that cannot be read or applied is logged
+    and raised (into the send). A schedule never stops tasks from being sent: one that cannot
+    be applied is logged (ERROR, naming it and why) and left out; the others are applied."""
     if getattr(_connecting, "active", False):
         return  # cloudtask_sync itself is connecting: it plans and applies on its own
     target = Target(
@@ -602,7 +643,7 @@ def apply_on_connect(*, address: str, project: str, location: str, **kwargs: Any
         owns_clients=True,
     )
     try:
-        todo = plan(prune=True, target=target)
+        todo = plan(prune=True, target=target, skip_bad_schedules=True)
         applied = apply(todo)
     except (CloudTaskError, api_exceptions.GoogleAPIError, grpc.RpcError) as exc:
         logger.error(
@@ -611,7 +652,20 @@ def apply_on_connect(*, address: str, project: str, location: str, **kwargs: Any
         raise
     finally:
         target.close()
-    error = applied.error()
+    unapplied = [*todo.skipped, *((c.id, why) for c, why in applied.failed if c.kind == "job")]
+    for name, why in unapplied:
+        what = "CLOUDTASK SCHEDULES" if name is None else f"Schedule {name!r}"
+        logger.error(
+            "%s not applied to the emulator at %s (nothing fires for it there; tasks are "
+            "sent all the same): %s",
+            what,
+            address,
+            why,
+        )
+    queues = Applied(
+        done=applied.done, failed=[(c, why) for c, why in applied.failed if c.kind == "queue"]
+    )
+    error = queues.error()
     if error is not None:
         logger.error(
             "Applying CLOUDTASK QUEUES and SCHEDULES to the emulator at %s: %s", address, error
@@ -623,5 +677,5 @@ def apply_on_connect(*, address: str, project: str, location: str, **kwargs: Any
             address,
             applied.summary(),
         )
-    else:
+    elif not unapplied:
         logger.info("The emulator at %s matches CLOUDTASK QUEUES and SCHEDULES.", address)

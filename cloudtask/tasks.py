@@ -452,11 +452,16 @@ def request_first(func_name: str, signature: inspect.Signature) -> str:
 
 def _non_request_annotation(func: Callable[..., Any], param: inspect.Parameter) -> str | None:
     """The name of the type the first parameter is annotated with when the CloudTaskRequest is
-    not one (``def hello(name: str)``), else None. An annotation that cannot be resolved here
-    (a name imported only for type checking) proves nothing, and passes."""
+    not one (``def hello(name: str)``), else None. A parameter named like the request
+    (``request``, ``req``, ...) says what it is whatever its annotation, as does an annotation
+    of Django's HttpRequest or a subclass (a view's habit: the task gets a CloudTaskRequest,
+    which hands every attribute it lacks to the HttpRequest it wraps). An annotation that
+    cannot be resolved here (a name imported only for type checking) proves nothing, and
+    passes."""
     if (
         param.annotation is inspect.Parameter.empty
         or param.kind is inspect.Parameter.VAR_POSITIONAL
+        or looks_like_request(param.name)
     ):
         return None
     annotation: Any = param.annotation
@@ -468,8 +473,8 @@ def _non_request_annotation(func: Callable[..., Any], param: inspect.Parameter) 
     if annotation is Any or not isinstance(annotation, type):
         return None  # Any (a class since Python 3.11), a union, a generic alias
     try:
-        if issubclass(CloudTaskRequest, annotation):
-            return None  # CloudTaskRequest, one of its bases, object
+        if issubclass(CloudTaskRequest, annotation) or issubclass(annotation, HttpRequest):
+            return None  # CloudTaskRequest, one of its bases, object; HttpRequest
     except TypeError:
         return None  # a protocol issubclass() cannot test
     return annotation.__qualname__

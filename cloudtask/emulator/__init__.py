@@ -13,11 +13,12 @@ No Django import anywhere in this subpackage: it also runs on its own
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO, cast
@@ -39,7 +40,7 @@ from .oidc import CertsServer, TokenIssuer
 from .persist import StateFile
 from .scheduler import CloudSchedulerService, Scheduler
 from .server import CloudTasksService
-from .state import PROJECT_ID_RE, Store, parse_queue_name
+from .state import PROJECT_ID_RE, ApiError, Store, parse_queue_name
 
 __all__ = ["Clock", "DispatchRecord", "Emulator", "ManualClock", "SystemClock"]
 
@@ -71,7 +72,8 @@ class Emulator:
     ``state_path`` keeps queues, tasks and tombstones in that JSON file across restarts.
     ``hold_unreachable`` keeps a task whose target refuses connections (the site is down) without
     counting attempts, until it answers. ``idle_timeout`` stops the emulator after that many
-    seconds with no RPC and no task held.
+    seconds with no RPC and no task held (tasks held for an unreachable site do not count when
+    they are kept in ``state_path``).
     """
 
     def __init__(
@@ -140,6 +142,9 @@ class Emulator:
         # Cloud Scheduler jobs kept across stop() and start() (and loaded from the state file).
         self._jobs: list[dict[str, Any]] = []
         self._idle: IdleWatch | None = None
+        #: Called (from the idle watcher's thread) right before the emulator stops itself after
+        #: idle_timeout: serve() unpublishes the emulator's address there.
+        self.before_idle_stop: Callable[[], None] | None = None
         self._stopped = threading.Event()
         self._stopped.set()
 
@@ -159,47 +164,38 @@ class Emulator:
             scheduler = Scheduler(self.clock, issuer, self._log) if HAVE_SCHEDULER else None
             if scheduler is not None:
                 handlers.append(CloudSchedulerService(scheduler).handler())
-            activity = ActivityInterceptor()  # for idle_timeout
-            server = grpc.server(
-                ThreadPoolExecutor(max_workers=16, thread_name_prefix="cloudtask-emulator-rpc"),
-                interceptors=(activity,),
-                handlers=handlers,
-                # gRPC's 4 MB default would refuse a task the size limit allows.
-                options=[
-                    # Refuse a port another server holds instead of sharing it silently.
-                    ("grpc.so_reuseport", 0),
-                    ("grpc.max_receive_message_length", max(4 << 20, self.max_task_size + 65536)),
-                    ("grpc.max_send_message_length", max(4 << 20, self.max_task_size + 65536)),
-                ],
-            )
-            try:
-                port = server.add_insecure_port(f"{_bracket(self.host)}:{self._requested_port}")
-            except RuntimeError as exc:  # grpcio reports a failed bind this way
-                port = 0
-                cause: Exception | None = exc
-            else:
-                cause = None
-            if port == 0:
-                raise OSError(
-                    f"The Cloud Tasks emulator cannot listen on {self.host}:{self._requested_port} "
-                    "(port in use?): choose another port, or 0 for any free one"
-                ) from cause
-            certs = CertsServer(issuer, self.host, self._certs_port)
+            # What may fail comes before any port is bound, so a failed start holds none.
             state = self._open_state(scheduler)
-            if scheduler is not None and self._jobs:
+            if scheduler is not None:
                 # The jobs of the state file, or of this emulator before it was stopped.
-                scheduler.restore(self._jobs)
+                self._restore_jobs(scheduler)
             for queue in self._initial_queues:
                 self.ensure_queue(queue)
             if state is not None:
-                state.start()
+                state.start()  # makes its directory, which may fail: no port is bound yet
+            activity = ActivityInterceptor()  # for idle_timeout
+            try:
+                certs = CertsServer(issuer, self.host, self._certs_port)
+                try:
+                    # Last: grpcio frees a port bound by a server that never started only
+                    # when it is started and stopped.
+                    server, port = self._bind(handlers, activity)
+                except BaseException:
+                    certs.stop()  # never served: closes its socket
+                    raise
+            except BaseException:
+                if state is not None:
+                    # The bind error is the one to report, not a failed final save after it.
+                    with contextlib.suppress(Exception):
+                        state.stop()
+                raise
             dispatcher.start()
             if scheduler is not None:
                 scheduler.start()
             certs.start()
             server.start()
             if self.idle_timeout is not None:
-                self._idle = IdleWatch(self.idle_timeout, activity, self.pending, self._idle_stop)
+                self._idle = IdleWatch(self.idle_timeout, activity, self._busy, self._idle_stop)
                 self._idle.start()
             self._state = state
             self._stopped.clear()
@@ -214,6 +210,63 @@ class Emulator:
         if self._dashboard_port is not None:
             self._start_dashboard(self._dashboard_port)
         return self
+
+    def _bind(
+        self, handlers: list[grpc.GenericRpcHandler], activity: ActivityInterceptor
+    ) -> tuple[grpc.Server, int]:
+        """The gRPC server (not started) and the port it is bound to."""
+        server = grpc.server(
+            ThreadPoolExecutor(max_workers=16, thread_name_prefix="cloudtask-emulator-rpc"),
+            interceptors=(activity,),
+            handlers=handlers,
+            options=[
+                # Refuse a port another server holds instead of sharing it silently.
+                ("grpc.so_reuseport", 0),
+                # gRPC's 4 MB default would refuse a task the size limit allows.
+                ("grpc.max_receive_message_length", max(4 << 20, self.max_task_size + 65536)),
+                ("grpc.max_send_message_length", max(4 << 20, self.max_task_size + 65536)),
+            ],
+        )
+        try:
+            port = server.add_insecure_port(f"{_bracket(self.host)}:{self._requested_port}")
+        except RuntimeError as exc:  # grpcio reports a failed bind this way
+            port = 0
+            cause: Exception | None = exc
+        else:
+            cause = None
+        if port == 0:
+            raise OSError(
+                f"The Cloud Tasks emulator cannot listen on {self.host}:{self._requested_port} "
+                "(port in use?): choose another port, or 0 for any free one"
+            ) from cause
+        return server, port
+
+    def _restore_jobs(self, scheduler: Scheduler) -> None:
+        """Put the kept jobs back one by one: a bad one (a state file edited by hand, or
+        written by another version) is dropped with a log line, and the rest still run."""
+        kept = []
+        for item in self._jobs:
+            try:
+                scheduler.restore_job(item)
+            except Exception as exc:  # whatever is wrong with it, the others still run
+                name = item.get("job", {}).get("name") if isinstance(item, dict) else None
+                reason = exc.message if isinstance(exc, ApiError) else str(exc)
+                self._write(
+                    f"[cloudtask emulator] dropped Cloud Scheduler job {name or item!r} of "
+                    f"{self.state_path or 'the last run'}: {exc.__class__.__name__}: {reason}"
+                )
+            else:
+                kept.append(item)
+        self._jobs = kept
+
+    def _write(self, line: str) -> None:
+        if self._log is None:
+            return
+        try:
+            self._log.write(f"{line}\n")
+            self._log.flush()
+        except (OSError, ValueError):
+            pass  # a closed log stream must not stop the emulator
 
     def _start_dashboard(self, port: int) -> None:
         # Loopback only, whatever host gRPC binds: the dashboard pauses, purges and runs tasks.
@@ -245,12 +298,20 @@ class Emulator:
             self._state_loaded = True
         return state
 
+    def _busy(self) -> int:
+        """Tasks that keep an emulator with idle_timeout running. One held for a site that
+        refuses connections does not when it is kept in the state file: the site, once up,
+        starts the emulator again (cloudtask's keep_up), which delivers it."""
+        if self.state_path is None:
+            return self.pending()  # stopping would lose it
+        return self.store.pending(held=False)
+
     def _idle_stop(self) -> None:
-        if self._log is not None:
-            self._log.write(
-                f"[cloudtask emulator] no call and no task for {self.idle_timeout:g} s: stopping\n"
-            )
-            self._log.flush()
+        self._write(
+            f"[cloudtask emulator] no call and no task for {self.idle_timeout:g} s: stopping"
+        )
+        if self.before_idle_stop is not None:
+            self.before_idle_stop()
         self.stop()
 
     def stop(self, grace: float = 1.0) -> None:

@@ -122,16 +122,21 @@ SIGNAL_POLL = 0.1
 
 
 def serve(
-    emulator: Emulator, out: TextIO, *, state_dir: str | os.PathLike[str] | None = None
+    emulator: Emulator,
+    out: TextIO,
+    *,
+    state_dir: str | os.PathLike[str] | None = None,
+    lock: StateDirLock | None = None,
 ) -> None:
     """Start ``emulator``, print where it listens, and run until SIGINT or SIGTERM (or until it
     stops itself after its idle_timeout).
 
     With ``state_dir`` (the emulator's state_path must be DIR/state.json) it first takes the
     directory's lock, exiting with status 3 if another emulator holds it, and publishes its
-    address in DIR/emulator.json while it runs.
+    address in DIR/emulator.json while it runs; it unpublishes it before stopping. ``lock``
+    is that lock taken already (by a caller that had to stop another emulator first, without
+    a gap for a third one to start): serve() releases it at the end.
     """
-    lock: StateDirLock | None = None
     if state_dir is not None:
         expected = state_file(state_dir)
         if emulator.state_path is None or Path(emulator.state_path) != expected:
@@ -139,11 +144,16 @@ def serve(
                 f"An emulator serving --state-dir {state_dir} keeps its state in {expected}, "
                 f"not {emulator.state_path}: build it with state_path={str(expected)!r}"
             )
-        try:
-            lock = lock_state_dir(state_dir)
-        except AlreadyRunning as exc:
-            sys.stderr.write(f"{exc}\n")
-            raise SystemExit(EXIT_ALREADY_RUNNING) from None
+        if lock is None:
+            try:
+                lock = lock_state_dir(state_dir)
+            except AlreadyRunning as exc:
+                sys.stderr.write(f"{exc}\n")
+                raise SystemExit(EXIT_ALREADY_RUNNING) from None
+        elif lock.state_dir != Path(state_dir):
+            raise ValueError(f"The lock given is of {lock.state_dir}, not of {state_dir}")
+    elif lock is not None:
+        raise ValueError("A state directory's lock needs its state_dir")
     stop = threading.Event()
     # The handler only flips a flag: setting the Event from a signal handler could deadlock on
     # the Event's own lock, had the signal come while this thread held it inside wait().
@@ -159,6 +169,9 @@ def serve(
             raise SystemExit(f"error: {exc}") from None
         try:
             if lock is not None:
+                # Gone before the stop begins: who reads it then starts a new emulator (which
+                # waits for this one's lock) instead of sending to one shutting down.
+                emulator.before_idle_stop = lock.unpublish
                 lock.publish(
                     {
                         "pid": os.getpid(),
@@ -175,7 +188,9 @@ def serve(
             threading.Thread(target=_set_when_stopped, args=(emulator, stop), daemon=True).start()
             out.write(f"Cloud Tasks emulator listening on {emulator.address}\n")
             out.write(f"OIDC certificates: {emulator.certs_url}\n")
-            out.write(f"Dashboard: {emulator.dashboard_url}\n")
+            dashboard_url = _dashboard_url(emulator)
+            if dashboard_url is not None:
+                out.write(f"Dashboard: {dashboard_url}\n")
             for queue in sorted(emulator.store.queues):
                 out.write(f"queue: {queue}\n")
             if emulator.state_path is not None:
@@ -190,12 +205,15 @@ def serve(
             while not signalled and not stop.wait(SIGNAL_POLL):
                 pass
         finally:
+            if lock is not None:
+                lock.unpublish()
             emulator.stop()
             out.write("Cloud Tasks emulator stopped\n")
             out.flush()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        emulator.before_idle_stop = None  # the lock's, released below
         if lock is not None:
             lock.release()  # after stop(): the next emulator finds the state saved
 

@@ -16,7 +16,7 @@ import re
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 try:
     from google.cloud import scheduler_v1
@@ -42,6 +42,7 @@ __all__ = [
     "CloudSchedulerGrpcTransport",
     "cron_error",
     "job_id_error",
+    "latest_fire",
     "next_fire",
     "scheduler_v1",
     "time_zone_error",
@@ -71,6 +72,8 @@ _MONTHS = frozenset(
 )
 _DAYS = frozenset({"SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"})
 _FIELDS = ("minute", "hour", "day of month", "month", "day of week")
+#: Where cron_error looks for a first firing (any fixed time will do).
+_NEVER_FIRES_FROM = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def job_id_error(value: object) -> str | None:
@@ -113,6 +116,16 @@ def cron_error(expression: object) -> str | None:
             )
     if not croniter.is_valid(expression):
         return f"cron schedule {expression!r} is invalid: a value is out of range"
+    try:
+        # Every field can be valid and the dates still never meet ("0 0 31 2 *"): Cloud
+        # Scheduler would hold a job that never fires, and every next firing asked of croniter
+        # would raise. From a fixed start, so the answer never depends on today.
+        croniter(expression, _NEVER_FIRES_FROM).get_next(datetime)
+    except CroniterBadDateError:
+        return (
+            f"cron schedule {expression!r} never fires: no date matches its day-of-month and "
+            "month fields together (e.g. February 31)"
+        )
     return None
 
 
@@ -153,3 +166,22 @@ def next_fire(expression: str, time_zone: str, after: datetime) -> datetime:
         if skip_repeats and fire.fold == 1 and fire.replace(fold=0).utcoffset() != fire.utcoffset():
             continue
         return fire.astimezone(UTC)
+
+
+def latest_fire(expression: str, time_zone: str, at: datetime) -> datetime:
+    """The last firing at or before ``at`` (aware), as an aware UTC datetime, by the rules of
+    :func:`next_fire`: the firing whose next one is after ``at``. Found with croniter's
+    get_prev in a few steps, however far back the previous firing (or ``at``) is."""
+    if at.tzinfo is None:
+        raise ValueError(f"at must be timezone-aware, not {at!r}")
+    skip_repeats = _fixed_time(expression)
+    times = croniter(expression, at.astimezone(ZoneInfo(time_zone)))
+    while True:
+        fire: datetime = times.get_prev(datetime)
+        if skip_repeats and fire.fold == 1 and fire.replace(fold=0).utcoffset() != fire.utcoffset():
+            continue  # next_fire skips this repeat: so must its inverse
+        break
+    # get_prev is strictly before ``at``: a firing exactly at ``at`` is the one after it.
+    while (following := next_fire(expression, time_zone, fire)) <= at:
+        fire = following
+    return fire.astimezone(UTC)

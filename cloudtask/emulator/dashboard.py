@@ -123,6 +123,7 @@ class TaskRow:
     in_flight: bool
     last_status: int | None  # HTTP status of the last attempt
     last_error: str | None  # why the last attempt got no response
+    held_by: str | None  # the URL refusing connections it waits for (hold_unreachable)
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ def _task_row(task: TaskRecord) -> TaskRow:
         in_flight=task.in_flight,
         last_status=last.http_status if last is not None else None,
         last_error=last.error if last is not None else None,
+        held_by=task.held_by,
     )
 
 
@@ -326,6 +328,10 @@ def render_queues(snap: Snapshot) -> str:
 
 
 def _task_status(task: TaskRow) -> str:
+    if task.held_by is not None:
+        # Before "in flight": trying the site again is not an attempt, and the page would
+        # otherwise show "not attempted" for a task that is waiting for its site.
+        return f"held: connection refused by {task.held_by}"
     if task.in_flight:
         return "in flight"
     if task.last_status is not None:

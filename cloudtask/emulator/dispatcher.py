@@ -28,8 +28,11 @@ MAX_WORKERS = 64
 USER_AGENT = "Google-Cloud-Tasks"
 # Emulator.dispatches keeps at most this many records (the most recent).
 MAX_RECORDS = 100_000
-# With hold_unreachable, how often (clock seconds) a held task tries a site that refused it.
-HOLD_RETRY_INTERVAL = 1.0
+# With hold_unreachable, a site that refuses connections is tried again after this many clock
+# seconds, twice as long after each refused try up to HOLD_RETRY_MAX (a site stopped for the
+# night is not knocked on every second), and at once again when it answers.
+HOLD_RETRY_INITIAL = 1.0
+HOLD_RETRY_MAX = 30.0
 _RECONNECT_ERRORS = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
@@ -53,6 +56,14 @@ class HttpResult:
     error: str | None
     # No connection at all: nothing listens at the target (the site is down or restarting).
     refused: bool = False
+
+
+@dataclass
+class _HeldSite:
+    """A target URL that refused connections, and when its held tasks try it again."""
+
+    delay: float
+    retry_at: float
 
 
 @dataclass
@@ -185,7 +196,7 @@ class Dispatcher:
         self.log = log
         self.records = records
         self.hold_unreachable = hold_unreachable
-        self._held_urls: set[str] = set()  # targets that refused connections (under store.cond)
+        self._held: dict[str, _HeldSite] = {}  # targets refusing connections (store.cond)
         self._sender = HttpSender()
         self._jobs: queue_module.SimpleQueue[_Job | None] = queue_module.SimpleQueue()
         self._workers: list[threading.Thread] = []
@@ -329,15 +340,16 @@ class Dispatcher:
         except Exception as exc:  # never lose the in-flight bookkeeping
             result = HttpResult(None, None, f"INTERNAL: {exc.__class__.__name__}: {exc}")
         latency = time.perf_counter() - started
-        holding = 0
+        holding: str | None = None
         answered_again = False
         record: DispatchRecord | None = None
         with self.store.cond:
             if result.refused and self.hold_unreachable and not task.removed:
                 holding = self._hold(job)
             else:
-                if not result.refused and task.url in self._held_urls:
-                    self._held_urls.discard(task.url)
+                task.held_by = None
+                if not result.refused and task.url in self._held:
+                    self._release(task.url)
                     answered_again = True
                 outcome = self._finish(task, job.attempt, result)
                 record = DispatchRecord(
@@ -353,20 +365,17 @@ class Dispatcher:
                 if len(self.records) > MAX_RECORDS:
                     del self.records[: MAX_RECORDS // 10]  # a long-running emulator stays bounded
             self.store.cond.notify_all()
-        if holding:
-            self._write(
-                f"[cloudtask emulator] site at {task.url} not answering (connection refused): "
-                f"holding {holding} task(s) until it is up"
-            )
+        if holding is not None:
+            self._write(f"[cloudtask emulator] {holding}")
         if answered_again:
             self._write(f"[cloudtask emulator] site at {task.url} answers again")
         if record is not None:
             self._log(record, outcome)
 
-    def _hold(self, job: _Job) -> int:
-        """Undo a refused attempt and try again soon (under store.cond).
+    def _hold(self, job: _Job) -> str | None:
+        """Undo a refused attempt and try the site again later (under store.cond).
 
-        Returns how many tasks now wait for the task's URL when the site just went down, else 0.
+        Returns a line for the log when the site just went down, or its next try is later.
         """
         store = self.store
         task = job.task
@@ -378,12 +387,43 @@ class Dispatcher:
         task.first_attempt, task.last_attempt = job.previous_first, job.previous_last
         if task.first_attempt is None:
             task.first_attempt_time = None
+        now = store.clock.now()
+        site = self._held.get(task.url)
+        went_down = site is None
+        line = None
+        if site is None:
+            site = self._held[task.url] = _HeldSite(HOLD_RETRY_INITIAL, now + HOLD_RETRY_INITIAL)
+        elif job.attempt.dispatch_time >= site.retry_at:
+            # A retry of the site, not a task sent to it meanwhile: back off (once per round,
+            # however many of its tasks were tried together).
+            previous, site.delay = site.delay, min(site.delay * 2, HOLD_RETRY_MAX)
+            site.retry_at = now + site.delay
+            if site.delay != previous:  # said until the longest wait: then it stays quiet
+                then = f" (and then every {site.delay:g} s)" if site.delay == HOLD_RETRY_MAX else ""
+                line = (
+                    f"site at {task.url} still not answering: "
+                    f"trying it again in {site.delay:g} s{then}"
+                )
+        task.held_by = task.url
         # The schedule time stays (X-CloudTasks-TaskETA, the state file); only the heap moves.
-        store.push(task, at=store.clock.now() + HOLD_RETRY_INTERVAL)
-        if task.url in self._held_urls:
-            return 0
-        self._held_urls.add(task.url)
-        return sum(1 for t in store.all_tasks() if t.url == task.url)
+        store.push(task, at=site.retry_at)
+        if went_down:
+            held = sum(1 for t in store.all_tasks() if t.url == task.url)
+            line = (
+                f"site at {task.url} not answering (connection refused): "
+                f"holding {held} task(s) until it is up"
+            )
+        return line
+
+    def _release(self, url: str) -> None:
+        """``url`` answers again: its held tasks go now, not at their backed-off retry."""
+        del self._held[url]
+        store = self.store
+        now = store.clock.now()
+        for task in list(store.all_tasks()):
+            if task.held_by == url and not task.in_flight:
+                task.held_by = None
+                store.push(task, at=max(now, task.schedule_time))
 
     def _finish(self, task: TaskRecord, attempt: AttemptRecord, result: HttpResult) -> str:
         """Record the attempt's outcome (under store.cond); returns a note for the log."""

@@ -1,8 +1,9 @@
 """An emulator that stops itself when nobody needs it (``Emulator(idle_timeout=...)``).
 
-Idle means: no RPC for ``idle_timeout`` seconds and no task held all that time. A background
-emulator started for a project then goes away on its own once the project stops using it; its
-state is saved, and the next process that needs it starts it again.
+Idle means: no RPC for ``idle_timeout`` seconds and no task held all that time (with a state
+file, tasks held for a site that refuses connections do not count: see Emulator._busy). A
+background emulator started for a project then goes away on its own once the project stops
+using it; its state is saved, and the next process that needs it starts it again.
 """
 
 from __future__ import annotations

@@ -142,5 +142,8 @@ class CertsServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        """Stop serving and close the socket (only close it if it never served: shutdown()
+        would wait forever for a serve_forever() that never ran)."""
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()

@@ -7,8 +7,9 @@ background thread, atomically) and once more at stop. A background emulator
 
 * ``state.json``: that state file;
 * ``emulator.lock``: ``flock``-ed for the process's lifetime, so one emulator serves a directory;
-* ``emulator.json``: where it listens, written once it does, removed at exit;
-* ``emulator.log``: its log (the process that spawns it redirects stderr there).
+* ``emulator.json``: where it listens, written once it does, removed as it begins to stop;
+* ``emulator.log``: its log (the process that spawns it redirects stderr there);
+* ``.gitignore``: ``*``, written when the directory is made (owner-only, as its files are).
 
 :func:`read_running`, :func:`stop_running` and :func:`daemon_command` are what a spawner (the
 Django transport, ``manage.py cloudtask_emulator``) needs; no Django here either.
@@ -48,6 +49,8 @@ __all__ = [
     "StateFile",
     "daemon_command",
     "lock_state_dir",
+    "locked",
+    "make_state_dir",
     "read_running",
     "state_file",
     "stop_running",
@@ -68,6 +71,16 @@ INFO_FILE = "emulator.json"
 LOG_FILE = "emulator.log"
 #: Exit status of ``python -m cloudtask.emulator --state-dir DIR`` when DIR is taken.
 EXIT_ALREADY_RUNNING = 3
+#: Modes of the state directory and its files: they hold task bodies, for their owner only.
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+#: Written into a state directory when it is made: ``.cloudtask/`` beside ``db.sqlite3`` is
+#: usually inside the project's repository, and its files must not be committed.
+GITIGNORE = "# Made by cloudtask: the local emulator's state, never committed.\n*\n"
+#: Attempts, and seconds between them, at taking a state directory's lock: a reader's probe
+#: (read_running) holds it for a moment, which must not look like a running emulator.
+LOCK_ATTEMPTS = 10
+LOCK_RETRY_DELAY = 0.01
 
 
 class CorruptState(ValueError):
@@ -210,7 +223,9 @@ def write_atomically(path: Path, text: str) -> None:
     never half of one."""
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as file:
+        # Owner-only: the state holds task bodies (personal data, tokens) of the project.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+        with open(fd, "w", encoding="utf-8") as file:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
@@ -278,7 +293,7 @@ class StateFile:
             self._saved_revision = (self.store.revision, 0)
 
     def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
         self._closing.clear()
         with self.store.cond:
             self.store.on_change = self._dirty.set
@@ -332,9 +347,14 @@ class StateFile:
             started = time.monotonic()
             try:
                 self.save()
-            except OSError as exc:  # a full disk must not stop the emulator: try again later
+            except Exception as exc:
+                # A full disk, or a bug in a snapshot: the writer must outlive it (a dead one
+                # would stop saving, silently). Said once, then tried again later.
                 if not failing:
-                    self._write(f"[cloudtask emulator] cannot write {self.path}: {exc}")
+                    self._write(
+                        f"[cloudtask emulator] cannot write {self.path}: "
+                        f"{exc.__class__.__name__}: {exc}"
+                    )
                 failing = True
                 self._dirty.set()
             else:
@@ -370,6 +390,24 @@ class AlreadyRunning(Exception):
             f"a cloudtask emulator already runs for {state_dir} at "
             f"{address or 'an address not published yet'} (pid {pid or 'unknown'})"
         )
+
+
+def make_state_dir(state_dir: str | os.PathLike[str]) -> Path:
+    """``state_dir``, made if missing: owner-only, with a ``.gitignore`` that ignores it all."""
+    directory = Path(state_dir)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(mode=PRIVATE_DIR)
+    except FileExistsError:
+        return directory  # the user's own directory, or one made before: left as it is
+    # Only the process that made it writes this, so two starting at once never race on it.
+    (directory / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
+    return directory
+
+
+def locked(state_dir: str | os.PathLike[str]) -> bool:
+    """True if a process (an emulator, or one resetting its state) holds ``state_dir``."""
+    return _probe_lock(Path(state_dir))
 
 
 def _probe_lock(state_dir: Path) -> bool:
@@ -462,14 +500,20 @@ class StateDirLock:
         """Write ``emulator.json`` (once listening)."""
         write_atomically(self.state_dir / INFO_FILE, json.dumps(info, indent=2) + "\n")
 
-    def release(self) -> None:
-        """Remove ``emulator.json`` if it is still ours, then release the lock."""
-        if self._fd is None:
-            return
+    def unpublish(self) -> None:
+        """Remove ``emulator.json`` if it is still ours: done before the emulator stops, so no
+        process sends to a server that is shutting down (they start a new one, which waits
+        for this lock)."""
         info = _read_info(self.state_dir)
         if info is not None and info["pid"] == os.getpid():
             with contextlib.suppress(FileNotFoundError):
                 (self.state_dir / INFO_FILE).unlink()
+
+    def release(self) -> None:
+        """Remove ``emulator.json`` if it is still ours, then release the lock."""
+        if self._fd is None:
+            return
+        self.unpublish()
         os.close(self._fd)
         self._fd = None
 
@@ -480,14 +524,19 @@ _PUBLISH_WAIT = 5.0
 
 def lock_state_dir(state_dir: str | os.PathLike[str]) -> StateDirLock:
     """Take ``state_dir`` (created if missing) for this process; AlreadyRunning if taken."""
-    directory = Path(state_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise _already_running(directory) from None
+    directory = make_state_dir(state_dir)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+    for attempt in range(LOCK_ATTEMPTS):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if attempt + 1 < LOCK_ATTEMPTS:
+                # Maybe only a reader's probe (read_running): it lets go at once.
+                time.sleep(LOCK_RETRY_DELAY)
+                continue
+            os.close(fd)
+            raise _already_running(directory) from None
+        break
     # The lock file names its holder, so a second emulator can say who, even before the first
     # one publishes its address. The file stays: removing a lock file races with its takers.
     os.ftruncate(fd, 0)

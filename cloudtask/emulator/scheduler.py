@@ -47,8 +47,6 @@ SERVICE = "google.cloud.scheduler.v1.CloudScheduler"
 USER_AGENT = "Google-Cloud-Scheduler"
 MAX_URL_LENGTH = 2083
 DEFAULT_PAGE_SIZE = 500
-#: Most cron times passed over at once that are looked through to find the latest.
-MAX_CATCH_UP = 100_000
 #: Attempts kept in Scheduler.attempts (the most recent).
 MAX_RECORDS = 10_000
 
@@ -448,22 +446,26 @@ class Scheduler:
             ]
 
     def restore(self, saved: list[dict[str, Any]]) -> None:
-        """Add the jobs of a snapshot. Each one's next firing is after now: firings missed while
-        the emulator was not running are not replayed, as Cloud Scheduler does not."""
+        """Add the jobs of a snapshot (see :meth:`restore_job`)."""
+        for item in saved:
+            self.restore_job(item)
+
+    def restore_job(self, item: dict[str, Any]) -> None:
+        """Add one job of a snapshot (an exception, ApiError included, if it is not one). Its
+        next firing is after now: firings missed while the emulator was not running are not
+        replayed, as Cloud Scheduler does not."""
+        job, retry = _validated(cron.scheduler_v1.Job.from_json(json.dumps(item["job"])))
+        _, short = parse_job_name(job.name)
+        record = _JobRecord(
+            job,
+            short,
+            paused=bool(item["paused"]),
+            user_update_time=float(item["user_update_time"]),
+            retry=retry,
+        )
         with self.cond:
-            now = self.clock.now()
-            for item in saved:
-                job, retry = _validated(cron.scheduler_v1.Job.from_json(json.dumps(item["job"])))
-                _, short = parse_job_name(job.name)
-                record = _JobRecord(
-                    job,
-                    short,
-                    paused=bool(item["paused"]),
-                    user_update_time=float(item["user_update_time"]),
-                    retry=retry,
-                )
-                record.next_time = None if record.paused else self._next(record, now)
-                self.jobs[job.name] = record
+            record.next_time = None if record.paused else self._next(record, self.clock.now())
+            self.jobs[job.name] = record
             self.cond.notify_all()
 
     def _changed(self) -> None:
@@ -478,14 +480,13 @@ class Scheduler:
         return cron.next_fire(job.schedule, job.time_zone, _ts(after)).timestamp()
 
     def _latest_due(self, record: _JobRecord, first: float, now: float) -> tuple[float, float]:
-        """(the latest cron time at or before now, from ``first`` on; the one after it)."""
-        fire = first
-        for _ in range(MAX_CATCH_UP):
-            following = self._next(record, fire)
-            if following > now:
-                return fire, following
-            fire = following
-        return fire, self._next(record, now)
+        """(the latest cron time at or before now, from ``first`` on; the one after it).
+
+        Found directly, however many cron times the clock passed over (a laptop asleep for a
+        week, a ManualClock jump): this runs under self.cond, which every RPC waits on."""
+        job = record.job
+        fire = max(first, cron.latest_fire(job.schedule, job.time_zone, _ts(now)).timestamp())
+        return fire, self._next(record, fire)
 
     def _cancel(self, record: _JobRecord) -> None:
         """Drop the job's pending retries; an attempt in flight finishes unrecorded."""

@@ -152,6 +152,8 @@ class TaskRecord:
     retry_reason: str | None = None
     in_flight: bool = False
     removed: bool = False
+    # The target URL that refused it, while it is held for that site (hold_unreachable).
+    held_by: str | None = None
     seq: int = 0  # heap entries with another seq are stale
     # ``pb`` encoded for the state file, computed once: ``pb`` never changes after creation.
     encoded_pb: str | None = field(default=None, repr=False)
@@ -761,10 +763,13 @@ class Store:
             return False
         return not any(q.tasks for q in self.queues.values() if not q.paused)
 
-    def pending(self) -> int:
-        """Tasks held in any queue, paused ones included: scheduled, retrying or in flight."""
+    def pending(self, *, held: bool = True) -> int:
+        """Tasks held in any queue, paused ones included: scheduled, retrying or in flight.
+        ``held=False`` leaves out those held for a site that refuses connections."""
         with self.cond:
-            return sum(len(q.tasks) for q in self.queues.values())
+            if held:
+                return sum(len(q.tasks) for q in self.queues.values())
+            return sum(1 for task in self.all_tasks() if task.held_by is None)
 
     # -- persistence (cloudtask.emulator.persist reads and writes the file) ------------------
 

@@ -93,9 +93,12 @@ class CloudTasksTransport(BaseTransport):
     def client(self) -> Any:
         client = self._client
         if client is None:
+            # Resolved before taking the lock: the emulator transport's emulator_host() may
+            # connect (its own lock), and its close() takes self._lock the other way round.
+            host = self.emulator_host()
             with self._lock:
                 if self._client is None:
-                    self._client = make_client(self.emulator_host())
+                    self._client = make_client(host)
                 client = self._client
         return client
 
@@ -104,10 +107,11 @@ class CloudTasksTransport(BaseTransport):
         loop = asyncio.get_running_loop()
         client = self._async_clients.get(loop)
         if client is None:
+            host = self.emulator_host()  # before the lock, as in client
             with self._lock:
                 for closed in [lp for lp in self._async_clients if lp.is_closed()]:
                     del self._async_clients[closed]
-                client = self._async_clients[loop] = make_async_client(self.emulator_host())
+                client = self._async_clients[loop] = make_async_client(host)
         return client
 
     def parent(self, queue: str) -> str:
@@ -137,7 +141,9 @@ class CloudTasksTransport(BaseTransport):
         http.body = message.body
         if message.oidc_service_account:
             http.oidc_token.service_account_email = message.oidc_service_account
-            http.oidc_token.audience = message.oidc_audience or self.settings.url or message.url
+            http.oidc_token.audience = self.settings.token_audience(
+                message.url, message.oidc_audience
+            )
         if message.task_id:
             task.name = f"{parent}/tasks/{message.task_id}"
         if message.schedule_time is not None:

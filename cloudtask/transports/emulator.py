@@ -35,7 +35,15 @@ from google.api_core import exceptions as api_exceptions
 
 from ..conf import CloudTaskSettings
 from ..emulator import Emulator
-from ..emulator.persist import EXIT_ALREADY_RUNNING, LOG_FILE, daemon_command, read_running
+from ..emulator.persist import (
+    EXIT_ALREADY_RUNNING,
+    LOG_FILE,
+    PRIVATE_FILE,
+    daemon_command,
+    locked,
+    make_state_dir,
+    read_running,
+)
 from ..exceptions import ConfigurationError, EnqueueError
 from . import get_transport
 from .base import EnqueuedTask, TaskMessage
@@ -62,6 +70,9 @@ logger = logging.getLogger("cloudtask.emulator")
 
 #: Seconds a process waits for the background emulator it started to listen.
 START_TIMEOUT = 10.0
+#: Times it starts one again after the one it started found the directory held by a process
+#: that then let go of it without serving it.
+MAX_RESPAWNS = 3
 #: The directory holding the cloudtask package, so the spawned ``python -m cloudtask.emulator``
 #: imports this very copy even when it is not installed (a source checkout on sys.path).
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -190,7 +201,7 @@ def start_background(settings: CloudTaskSettings) -> LocalEmulator:
     found = find_running(directory)
     if found is not None:
         return found
-    directory.mkdir(parents=True, exist_ok=True)
+    make_state_dir(directory)
     log_path = directory / LOG_FILE
     options = settings.emulator
     argv = daemon_command(
@@ -208,29 +219,21 @@ def start_background(settings: CloudTaskSettings) -> LocalEmulator:
     )
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), env.get("PYTHONPATH")]))
-    # Detached: its own session, so Ctrl-C in the terminal of the process that started it
-    # (runserver, a shell) does not stop the emulator that keeps the project's tasks; no
-    # subprocess.Popen, whose object would complain when collected while the emulator lives on.
-    pid = os.posix_spawn(
-        argv[0],
-        argv,
-        env,
-        file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
-            (os.POSIX_SPAWN_DUP2, 1, 2),
-        ],
-        setsid=True,
-    )
-    with _children_lock:
-        _children[pid] = None
+    pid = _spawn(argv, env, log_path)
     deadline = time.monotonic() + START_TIMEOUT
+    respawns = 0
     while True:
         found = find_running(directory)
         if found is not None:
             return found
         status = _exit_status(pid)
-        if status is not None and status != EXIT_ALREADY_RUNNING:
+        if status == EXIT_ALREADY_RUNNING and respawns < MAX_RESPAWNS and not locked(directory):
+            respawns += 1
+            # It lost the directory to a process that has let go of it since without serving
+            # it (an emulator that was stopping, `cloudtask_emulator --reset`): start another.
+            pid = _spawn(argv, env, log_path)
+            deadline = time.monotonic() + START_TIMEOUT
+        elif status is not None and status != EXIT_ALREADY_RUNNING:
             raise EnqueueError(
                 f"The background Cloud Tasks emulator exited with status {status} before it "
                 f"listened; its log is {log_path}."
@@ -241,6 +244,33 @@ def start_background(settings: CloudTaskSettings) -> LocalEmulator:
                 f"its log is {log_path}."
             )
         time.sleep(0.02)
+
+
+def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> int:
+    """Start a background emulator, its output appended to ``log_path``; its pid."""
+    # Detached: its own session, so Ctrl-C in the terminal of the process that started it
+    # (runserver, a shell) does not stop the emulator that keeps the project's tasks; no
+    # subprocess.Popen, whose object would complain when collected while the emulator lives on.
+    pid = os.posix_spawn(
+        argv[0],
+        argv,
+        env,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (
+                os.POSIX_SPAWN_OPEN,
+                1,
+                str(log_path),
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                PRIVATE_FILE,  # the log names tasks and URLs: the owner's, as the state is
+            ),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ],
+        setsid=True,
+    )
+    with _children_lock:
+        _children[pid] = None
+    return pid
 
 
 # -- the in-process emulator (PERSIST False) ------------------------------------------------------
@@ -382,16 +412,6 @@ class EmulatorTransport(CloudTasksTransport):
         if self.settings.emulator_host:
             return self.settings.emulator_host
         return self.connect().address
-
-    @property
-    def client(self) -> Any:
-        # Connect first, outside the client's lock: emulator_connected receivers may use it.
-        self.emulator_host()
-        return super().client
-
-    def async_client(self) -> Any:
-        self.emulator_host()
-        return super().async_client()
 
     def project_location(self) -> tuple[str, str]:
         s = self.settings

@@ -43,7 +43,13 @@ def test_cloudtasks_transport_needs_project_location_sae(
 ) -> None:
     settings.CLOUDTASK = {**BASE, "TRANSPORT": "cloudtasks", key: None}
     assert cloudtask_checks() == [
-        Error(f'CLOUDTASK["{key}"] is required by the "cloudtasks" transport.', id=check_id)
+        Error(
+            f'CLOUDTASK["{key}"] is required by the "cloudtasks" transport.',
+            hint=f'Inside a Cloud Run container CLOUDTASK["{key}"] is detected when left unset; '
+            "this process is not in one, so set it here. manage.py cloudtask_sync run from a "
+            "laptop or CI needs it set too (e.g. from an environment variable).",
+            id=check_id,
+        )
     ]
 
 
@@ -59,7 +65,10 @@ def test_no_url_anywhere(settings: Any) -> None:
         Error(
             'CLOUDTASK["URL"] is not set and these tasks have no url=: ' + ", ".join(without) + ".",
             hint='Set CLOUDTASK["URL"] to the endpoint\'s full URL, e.g. '
-            '"https://example.com/_tasks/".',
+            '"https://example.com/_tasks/". Inside a Cloud Run container CLOUDTASK["URL"] is '
+            "detected when left unset; this process is not in one, so set it here. manage.py "
+            "cloudtask_sync run from a laptop or CI needs it set too (e.g. from an environment "
+            "variable).",
             id="cloudtask.E004",
         )
     ]

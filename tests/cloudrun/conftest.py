@@ -45,6 +45,7 @@ CLOUD_VARIABLES = (
     "CLOUDSDK_CORE_PROJECT",
     "GCE_METADATA_HOST",
     "GCE_METADATA_ROOT",
+    "KUBERNETES_SERVICE_HOST",
 )
 
 
@@ -52,11 +53,14 @@ class FakeMetadataServer:
     """The metadata server's contract on 127.0.0.1: GET /computeMetadata/v1/<path> answers the
     value with ``Metadata-Flavor: Google``, only to requests that send that header (else 403);
     unknown paths are 404. ``flavor=False`` plays an impostor that never sends the header.
-    Every request is counted in ``requests`` (paths)."""
+    ``cut`` requests are answered by closing the connection without a word (a server still
+    starting); set it to make the next ones fail. Every request is counted in ``requests``
+    (paths)."""
 
-    def __init__(self, values: dict[str, str], *, flavor: bool = True) -> None:
+    def __init__(self, values: dict[str, str], *, flavor: bool = True, cut: int = 0) -> None:
         self.values = dict(values)
         self.flavor = flavor
+        self.cut = cut
         self.requests: list[str] = []
         self._lock = threading.Lock()
         fake = self
@@ -65,6 +69,11 @@ class FakeMetadataServer:
             def do_GET(self) -> None:
                 with fake._lock:
                     fake.requests.append(self.path.removeprefix("/computeMetadata/v1/"))
+                    cut = fake.cut > 0
+                    fake.cut -= cut
+                if cut:
+                    self.close_connection = True
+                    return  # no status line: the client sees the connection closed
                 value = fake.values.get(self.path.removeprefix("/computeMetadata/v1/"))
                 if self.headers.get("Metadata-Flavor") != "Google":
                     status, body = 403, b"Missing Metadata-Flavor header"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.urls import URLPattern, URLResolver
 
-from cloudtask.cloudrun import PROJECT_VARIABLES, DetectionError
+from cloudtask.cloudrun import FAILURE_TTL, PROJECT_VARIABLES, DetectionError
 from cloudtask.conf import get_settings
 from tests.api.test_checks import cloudtask_checks
 from tests.tasks import add
@@ -137,8 +137,15 @@ def test_google_cloud_project_comes_first(
         # Half a Cloud Run environment (a variable copied into a laptop's shell) is not one.
         {"K_SERVICE": "svc"},
         {"GOOGLE_CLOUD_PROJECT": "env-project"},
+        # Knative on Kubernetes sets the same three K_* variables; Kubernetes adds its own.
+        {
+            "K_SERVICE": "svc",
+            "K_REVISION": "svc-00001-abc",
+            "K_CONFIGURATION": "svc",
+            "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+        },
     ],
-    ids=["nothing", "K_SERVICE alone", "GOOGLE_CLOUD_PROJECT"],
+    ids=["nothing", "K_SERVICE alone", "GOOGLE_CLOUD_PROJECT", "Knative on Kubernetes"],
 )
 def test_off_cloud_run_nothing_is_detected_and_no_metadata_server_is_asked(
     environment: CloudRunEnvironment,
@@ -167,7 +174,7 @@ def test_a_metadata_server_that_never_answers_is_an_error_naming_each_setting(
     with SilentServer() as silent:
         environment.service(silent.host)
         reason = f"no metadata server answered at http://{silent.host}/computeMetadata/v1/ "
-        reason += "(timed out)"
+        reason += "(timed out; 3 attempts, asked again after 30 s)"
 
         # Sending fails at once, saying what to set (the task has no url= of its own).
         with pytest.raises(DetectionError) as raised:
@@ -190,8 +197,64 @@ def test_a_metadata_server_that_never_answers_is_an_error_naming_each_setting(
                 f'{reason}. Set CLOUDTASK["URL"].',
             )
         ]
-        # One timeout, not one per value (nor one per task sent later).
-        assert len(silent.connections) == 1
+        # One lookup of three attempts, not one per value (nor one per task sent later).
+        assert len(silent.connections) == 3
+
+
+def test_a_metadata_server_that_fails_once_at_a_cold_start_is_asked_again(
+    environment: CloudRunEnvironment, cloud_settings: Any
+) -> None:
+    with FakeMetadataServer(METADATA, cut=1) as metadata:
+        environment.service(metadata.host)
+
+        assert get_settings().sae == COMPUTE_SA
+        assert metadata.requests == ["instance/service-accounts/default/email"] * 2
+
+
+def test_a_network_failure_is_remembered_for_a_while_not_for_the_process_life(
+    environment: CloudRunEnvironment, cloud_settings: Any
+) -> None:
+    cloud_settings.CLOUDTASK = {**UNSET, "TRANSPORT": "capture"}
+    with FakeMetadataServer(METADATA, cut=3) as metadata:
+        environment.service(metadata.host)
+        cloud_run = get_settings().cloud_run
+        assert cloud_run is not None
+        now = [1000.0]
+        cloud_run.clock = lambda: now[0]
+
+        with pytest.raises(DetectionError, match="no metadata server answered"):
+            add(a=1, b=2).delay()
+        assert len(metadata.requests) == 3  # every attempt cut
+        # Within FAILURE_TTL every send fails at once, without asking again.
+        now[0] += FAILURE_TTL - 1
+        with pytest.raises(DetectionError, match="no metadata server answered"):
+            add(a=1, b=2).delay()
+        assert len(metadata.requests) == 3
+
+        now[0] += 1
+        handle = add(a=1, b=2).delay()
+
+    assert handle.task_id
+    assert get_settings().url == f"{SERVICE_URL}/_tasks/"
+
+
+def test_an_http_error_of_the_metadata_server_is_a_definitive_answer(
+    environment: CloudRunEnvironment, cloud_settings: Any
+) -> None:
+    values = {k: v for k, v in METADATA.items() if k != "instance/region"}
+    with FakeMetadataServer(values) as metadata:
+        environment.service(metadata.host)
+        cloud_run = get_settings().cloud_run
+        assert cloud_run is not None
+        now = [1000.0]
+        cloud_run.clock = lambda: now[0]
+
+        for _ in range(2):
+            detection = get_settings().detections()["LOCATION"]
+            assert isinstance(detection, DetectionError)
+            assert "instance/region with HTTP 404" in str(detection)
+            now[0] += 10 * FAILURE_TTL
+        assert metadata.requests.count("instance/region") == 1
 
 
 def test_a_server_without_the_metadata_flavor_header_is_refused(

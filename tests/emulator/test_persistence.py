@@ -16,10 +16,11 @@ import pytest
 from google.api_core import exceptions
 from google.cloud import scheduler_v1, tasks_v2
 
-from cloudtask.emulator import Emulator, ManualClock
+from cloudtask.emulator import Emulator, ManualClock, persist
 from tests.waiting import poll
 
 from .conftest import Target, wait_until
+from .test_dashboard import call
 
 START = 1_800_000_000.0
 
@@ -282,10 +283,11 @@ def test_hold_unreachable_waits_for_the_site_without_counting(
             }
         )
         poll(lambda: "holding" in log.getvalue(), what="the holding log line")
-        assert log.getvalue().splitlines() == [
+        # (Then, should the test be slow, a line per try while it backs off.)
+        assert log.getvalue().splitlines()[0] == (
             f"[cloudtask emulator] site at {target.url()} not answering (connection refused): "
             "holding 1 task(s) until it is up"
-        ]
+        )
         task = client.get_task(name=f"{queue}/tasks/held")
         assert task.dispatch_count == 0
         assert not task.first_attempt
@@ -415,3 +417,168 @@ def test_cloud_scheduler_jobs_survive_a_restart_and_fire_after_it(
         ] == [created.name]
     finally:
         third.stop()
+
+
+def test_a_bad_job_in_the_state_file_is_dropped_and_the_rest_kept(
+    state_path: Path, target: Target
+) -> None:
+    with Emulator(log=None, state_path=state_path, dashboard=False) as first:
+        client = first.scheduler_client()
+        for job_id in ("good", "bad"):
+            client.create_job(
+                parent=first.location_path,
+                job=scheduler_v1.Job(
+                    name=f"{first.location_path}/jobs/{job_id}",
+                    schedule="0 9 * * *",
+                    http_target=scheduler_v1.HttpTarget(uri=target.url()),
+                ),
+            )
+        good, bad = (f"{first.location_path}/jobs/{job_id}" for job_id in ("good", "bad"))
+    # Edited by hand, or written by another version: one job no longer valid, one not a job.
+    data = saved(state_path)
+    (entry,) = (job for job in data["jobs"] if job["job"]["name"] == bad)
+    entry["job"]["schedule"] = "every day at nine"
+    data["jobs"].append({"paused": False})
+    state_path.write_text(json.dumps(data))
+
+    log = io.StringIO()
+    with Emulator(log=log, state_path=state_path, dashboard=False) as second:
+        client = second.scheduler_client()
+        assert [job.name for job in client.list_jobs(parent=second.location_path)] == [good]
+    first_line, second_line = log.getvalue().splitlines()
+    assert first_line.startswith(
+        f"[cloudtask emulator] dropped Cloud Scheduler job {bad!r} of {state_path}: ApiError: "
+        "Schedule or time zone is invalid: "
+    )
+    assert "'every day at nine'" in first_line
+    assert second_line == (
+        "[cloudtask emulator] dropped Cloud Scheduler job {'paused': False} of "
+        f"{state_path}: KeyError: 'job'"
+    )
+    # The rest of the file was used, not set aside, and what is written back is what runs.
+    assert not list(state_path.parent.glob("state.json.corrupt-*"))
+    assert [job["job"]["name"] for job in saved(state_path)["jobs"]] == [good]
+
+
+def test_tasks_held_for_a_site_that_is_down_let_an_idle_emulator_stop(
+    state_path: Path, site_down: tuple[Target, Any]
+) -> None:
+    target, _ = site_down
+    log = io.StringIO()
+    emu = Emulator(
+        queues=["default"],
+        log=log,
+        state_path=state_path,
+        hold_unreachable=True,
+        idle_timeout=0.5,
+        dashboard=False,
+    ).start()
+    try:
+        queue = emu.ensure_queue("default")
+        emu.client().create_task(
+            request={
+                "parent": queue,
+                "task": {"name": f"{queue}/tasks/waits", "http_request": {"url": target.url()}},
+            }
+        )
+        poll(lambda: "holding 1 task(s)" in log.getvalue(), what="the task held")
+        # The site is stopped for the night: the emulator does not wait up for it. The task
+        # is in the state file, and the site starts the emulator again when it runs.
+        assert emu.wait_stopped(15)
+    finally:
+        emu.stop()
+    assert saved_task_names(state_path) == {"waits"}
+
+
+def test_a_site_that_stays_down_is_tried_less_and_less_often(
+    site_down: tuple[Target, Any],
+) -> None:
+    target, bring_up = site_down
+    clock = ManualClock(start=START)
+    log = io.StringIO()
+
+    def lines() -> list[str]:
+        return log.getvalue().splitlines()
+
+    with Emulator(queues=["default"], log=log, clock=clock, hold_unreachable=True) as emu:
+        client = emu.client()
+        queue = emu.ensure_queue("default")
+        client.create_task(
+            request={
+                "parent": queue,
+                "task": {"name": f"{queue}/tasks/held", "http_request": {"url": target.url()}},
+            }
+        )
+        poll(lambda: len(lines()) == 1, what="the task held")
+        for delay in (1, 2, 4, 8, 16):  # each try comes when the previous line said
+            seen = len(lines())
+            clock.advance(delay)
+            poll(lambda: len(lines()) > seen, what=f"the try after {delay} s")  # noqa: B023
+        prefix = f"[cloudtask emulator] site at {target.url()} still not answering: trying it"
+        assert lines()[1:] == [
+            f"{prefix} again in 2 s",
+            f"{prefix} again in 4 s",
+            f"{prefix} again in 8 s",
+            f"{prefix} again in 16 s",
+            f"{prefix} again in 30 s (and then every 30 s)",
+        ]
+        # The dashboard says what the task waits for.
+        status, _, body = call(emu, "GET", "/api/state")
+        assert status == 200
+        (task,) = json.loads(body)["tasks"]
+        assert task["status"] == f"held: connection refused by {target.url()}"
+        assert client.get_task(name=f"{queue}/tasks/held").dispatch_count == 0
+
+        # The site is up again, 30 s before its next try: the first task that reaches it
+        # sends the held one at once, without waiting for the clock.
+        bring_up()
+        client.create_task(
+            request={
+                "parent": queue,
+                "task": {"name": f"{queue}/tasks/fresh", "http_request": {"url": target.url()}},
+            }
+        )
+        received = target.wait_for(2)
+        assert {r.header("X-CloudTasks-TaskName") for r in received} == {"held", "fresh"}
+        assert {r.header("X-CloudTasks-TaskRetryCount") for r in received} == {"0"}
+        assert emu.wait_idle(10)
+        assert f"site at {target.url()} answers again" in log.getvalue()
+
+
+def test_the_state_writer_outlives_an_unexpected_error(
+    state_path: Path, target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fault no real part produces on demand: the snapshot fails once, with no OSError.
+    real_snapshot = persist.snapshot
+    calls: list[int] = []
+
+    def failing_once(store: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the snapshot")
+        return real_snapshot(store)
+
+    monkeypatch.setattr(persist, "snapshot", failing_once)
+    log = io.StringIO()
+    with Emulator(queues=["default"], log=log, state_path=state_path, dashboard=False) as emu:
+        queue = emu.ensure_queue("default")
+        emu.client().pause_queue(name=queue)
+        emu.client().create_task(
+            request={
+                "parent": queue,
+                "task": {"name": f"{queue}/tasks/kept", "http_request": {"url": target.url()}},
+            }
+        )
+        # Written by the writer thread, still running: no stop() needed.
+        poll(lambda: saved_task_names(state_path) == {"kept"}, what="the task in the file")
+    assert log.getvalue().splitlines()[:2] == [
+        f"[cloudtask emulator] cannot write {state_path}: RuntimeError: a bug in the snapshot",
+        f"[cloudtask emulator] wrote {state_path} again",
+    ]
+
+
+def test_the_state_file_is_its_owners_only(state_path: Path) -> None:
+    # It holds task bodies: personal data, tokens.
+    with Emulator(queues=["default"], log=None, state_path=state_path, dashboard=False):
+        poll(state_path.exists, what="the state file")
+    assert state_path.stat().st_mode & 0o777 == 0o600

@@ -7,6 +7,7 @@ import io
 import os
 import queue as queue_module
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -306,3 +307,38 @@ def test_certs_port_sits_beside_a_fixed_grpc_port() -> None:
     assert certs_port(8123, None) == 8124
     assert certs_port(0, None) == 0
     assert certs_port(8123, 9000) == 9000
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports nobody listens on, all different (held together while chosen)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_a_failed_start_leaves_no_port_taken() -> None:
+    grpc_port, certs = _free_ports(2)
+    bad = Emulator(port=grpc_port, certs_port=certs, queues=["projects/p/queues"], log=None)
+    with pytest.raises(Exception, match="queue name 'projects/p/queues' is not"):
+        bad.start()
+    assert not bad.running and bad.wait_stopped(0)
+    # Fixing the mistake and starting again on the same ports works.
+    with Emulator(port=grpc_port, certs_port=certs, log=None) as emu:
+        assert emu.port == grpc_port
+        assert emu.certs_url == f"http://127.0.0.1:{certs}/certs"
+
+
+def test_a_taken_certs_port_leaves_the_grpc_port_free() -> None:
+    grpc_port, certs = _free_ports(2)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", certs))
+        taken.listen()
+        with pytest.raises(OSError, match="cannot serve OIDC certificates"):
+            Emulator(port=grpc_port, certs_port=certs, log=None).start()
+    with Emulator(port=grpc_port, log=None) as emu:
+        assert emu.port == grpc_port

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+from cloudtask.emulator.persist import lock_state_dir
 from tests import waiting
 
 from .conftest import WAIT, Env, Process
@@ -79,3 +80,27 @@ def test_the_foreground_emulator_takes_over_the_background_one(
     running = env.running()
     assert running is not None and running.pid != foreground.popen.pid
     assert env.held() == 3
+
+
+def test_a_sender_waits_out_a_reset_holding_the_directory(
+    env: Env, notes: Path, processes: list[Process]
+) -> None:
+    # `cloudtask_emulator --reset` holds the directory while it deletes the state. The emulator
+    # a sender starts meanwhile finds it taken and exits; once the directory is free, the
+    # sender starts another instead of failing.
+    lock = lock_state_dir(env.state_dir)
+    try:
+        sender = env.start("-m", "tests.localqueue.send", str(notes), "after the reset", "3600")
+        processes.append(sender)
+        log = env.state_dir / "emulator.log"
+        waiting.poll(
+            lambda: log.exists() and "already runs" in log.read_text(),
+            WAIT,
+            "the emulator it started gave up",
+        )
+    finally:
+        lock.release()
+    assert sender.popen.wait(timeout=WAIT) == 0, sender.text
+    running = env.running()
+    assert running is not None and env.held() == 1
+    assert (env.state_dir / "emulator.log").stat().st_mode & 0o777 == 0o600

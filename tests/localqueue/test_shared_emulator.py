@@ -114,7 +114,8 @@ def test_runserver_alone_brings_up_the_emulator_with_the_projects_schedules(
         # as `gcloud scheduler jobs run` would: the site runs the task with its arguments.
         client.run_job(name=jobs[0].name)
     finally:
-        client.transport.close()
+        transport: Any = client.transport  # google's close() is untyped
+        transport.close()
     [run] = waiting.poll(lambda: read_notes(notes), WAIT, "the schedule's task ran")
     assert (run["text"], run["signed"]) == ("fired by cron", True)
 

@@ -47,6 +47,11 @@ def test_good_schedules_pass() -> None:
         ),
         ({**GOOD, "cron": "0 25 * * *"}, "cloudtask.E029", "out of range"),
         (
+            {**GOOD, "cron": "0 0 31 2 *"},
+            "cloudtask.E029",
+            """['r']["cron"]: cron schedule '0 0 31 2 *' never fires: no date matches""",
+        ),
+        (
             {**GOOD, "time_zone": "Mars/Olympus"},
             "cloudtask.E030",
             """['r']["time_zone"]: time zone 'Mars/Olympus'""",

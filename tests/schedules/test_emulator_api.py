@@ -85,6 +85,7 @@ def test_list_pages(emulator: Emulator, target: Target) -> None:
         ({"schedule": "0 3 * *"}, "has 4 fields"),
         ({"schedule": "0 3 L * *"}, "day of month field 'L'"),
         ({"schedule": "61 3 * * *"}, "out of range"),
+        ({"schedule": "0 0 31 2 *"}, "never fires"),  # valid fields, no such date
         ({"schedule": "@daily"}, "has 1 fields"),
         ({"time_zone": "Mars/Olympus"}, "time zone 'Mars/Olympus' is not in the tz database"),
         ({"attempt_deadline": timedelta(seconds=10)}, "between 15 seconds and 30 minutes"),

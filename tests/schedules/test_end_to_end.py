@@ -5,6 +5,7 @@ firing."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import urllib.error
 import urllib.request
@@ -196,3 +197,79 @@ def test_a_job_naming_an_unregistered_task_is_404_and_runs_nothing(
 
 def jobs_ran(runs: Runs) -> list[dict[str, Any]]:
     return runs.of("report") + runs.of("cleanup")
+
+
+def _own_url(live_server: Any) -> str:
+    """The live server under another name than CLOUDTASK["URL"] gives it: a schedule's own url."""
+    url = f"{live_server.url}/_tasks/"
+    assert "//localhost:" in url
+    return url.replace("//localhost:", "//127.0.0.1:")
+
+
+def test_a_schedule_with_its_own_url_carries_the_audience_the_endpoint_verifies(
+    site: dict[str, Any], settings: Any, live_server: Any, emulator: Emulator, runs: Runs
+) -> None:
+    own = _own_url(live_server)
+    settings.CLOUDTASK = {**site, "SCHEDULES": {"own-url": {**REPORT, "url": own}}}
+    job = _create(emulator, "own-url")
+
+    emulator.scheduler_client().run_job(name=job.name)
+
+    (run,) = runs.wait("report")
+    assert run["schedule_name"] == "own-url"
+    assert job.http_target.uri == own
+    # OIDC_AUDIENCE, else URL: what the endpoint accepts (not the schedule's url).
+    assert job.http_target.oidc_token.audience == site["URL"]
+
+
+def test_a_firing_through_a_queue_goes_to_the_schedules_url(
+    site: dict[str, Any], settings: Any, live_server: Any, emulator: Emulator, runs: Runs
+) -> None:
+    own = _own_url(live_server)
+    settings.CLOUDTASK = {
+        **site,
+        "URL": None,  # only the schedule says where the endpoint is
+        "OIDC_AUDIENCE": site["URL"],
+        "SCHEDULES": {
+            "own-cleanup": {
+                "task": "schedules.cleanup",
+                "cron": "0 * * * *",
+                "queue": "maintenance",
+                "url": own,
+            }
+        },
+    }
+    job = _create(emulator, "own-cleanup")
+
+    status, answer = _replay(job, emulator, "2026-03-01T11:00:00Z")
+
+    assert status == 200 and answer.startswith("enqueued as task "), answer
+    (run,) = runs.wait("cleanup")
+    assert run["queue_name"] == "maintenance"
+    assert run["schedule_name"] == "own-cleanup"
+    # Delivered, with no CLOUDTASK["URL"] to go to: the schedule's url was the only address.
+    assert emulator.wait_idle()
+    assert [d.status for d in emulator.dispatches if d.task == run["task_id"]] == [200]
+
+
+def test_a_firing_with_nowhere_to_send_its_call_is_a_logged_500(
+    site: dict[str, Any],
+    settings: Any,
+    emulator: Emulator,
+    runs: Runs,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    job = _create(emulator, "hourly-cleanup")  # made while URL was set
+    settings.CLOUDTASK = {**site, "URL": None, "OIDC_AUDIENCE": site["URL"]}
+
+    with caplog.at_level(logging.ERROR, logger="cloudtask"):
+        answer = _replay(job, emulator, "2026-03-01T12:00:00Z")
+
+    assert answer == (500, "schedule misconfigured; not enqueued (see the log)")
+    (logged,) = [r.getMessage() for r in caplog.records if r.name == "cloudtask"]
+    assert logged.startswith(
+        "Schedule hourly-cleanup could not enqueue task schedules.cleanup on queue maintenance: "
+    )
+    assert 'CLOUDTASK["URL"]' in logged
+    assert "CLOUDTASK[\"SCHEDULES\"]['hourly-cleanup']" in logged
+    assert runs.of("cleanup") == []

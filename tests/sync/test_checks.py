@@ -80,14 +80,13 @@ def errors(queues: Any, settings: Any) -> list[Any]:
         (
             {"min_backoff": -1},
             "cloudtask.E026",
-            f"{WHERE}['min_backoff'] must be a whole, non-negative number of seconds (Cloud "
-            "Tasks truncates to the second), not -1 s.",
+            f"{WHERE}['min_backoff'] must be a non-negative number of seconds, not -1 s.",
         ),
         (
             {"max_retry_duration": timedelta(seconds=1.5)},
             "cloudtask.E026",
-            f"{WHERE}['max_retry_duration'] must be a whole, non-negative number of seconds "
-            "(Cloud Tasks truncates to the second), not 1.5 s.",
+            f"{WHERE}['max_retry_duration'] must be a whole number of seconds (Cloud Tasks "
+            "truncates it to the second), not 1.5 s.",
         ),
         (
             {"max_backoff": "1h"},

@@ -132,3 +132,45 @@ def test_connecting_applies_schedules_and_a_removed_one_stops_firing(
     connect(emu)
 
     assert list(client.list_jobs(parent=parent)) == []
+
+
+def test_a_schedule_mistake_is_logged_and_never_stops_the_send(
+    emu: Emulator, local: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # docs/schedules.md: a schedule mistake never stops tasks from being sent.
+    nightly = {"task": "tests.tasks.add", "cron": "0 3 * * *"}
+    local({"flaky": FLAKY}, SCHEDULES={"nightly": nightly, "weekly": nightly})
+    connect(emu)
+    local(
+        {"flaky": FLAKY},
+        SCHEDULES={
+            "nightly": {**nightly, "cron": "30 3 * * *"},
+            "weekly": {**nightly, "cron": "0 0 31 2 *"},  # February 31: never fires
+            "odd": {**nightly, "args": [object()]},  # cannot be serialized into a job
+        },
+    )
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cloudtask.sync"):
+        connect(emu)  # no exception: the send that connected goes on
+
+    client = emu.scheduler_client()
+    parent = PARENT.format(emu=emu)
+    jobs = {j.name.rsplit("/", 1)[-1]: j.schedule for j in client.list_jobs(parent=parent)}
+    # The good one is applied; the one with a mistake keeps the job it had, unpruned.
+    assert jobs == {"nightly": "30 3 * * *", "weekly": "0 3 * * *"}
+    logged = {
+        r.levelname + " " + r.getMessage() for r in caplog.records if r.name == "cloudtask.sync"
+    }
+    assert (
+        "ERROR Schedule 'weekly' not applied to the emulator at "
+        f"{emu.address} (nothing fires for it there; tasks are sent all the same): "
+        "CLOUDTASK[\"SCHEDULES\"]['weekly'][\"cron\"]: cron schedule '0 0 31 2 *' never fires: "
+        "no date matches its day-of-month and month fields together (e.g. February 31)."
+    ) in logged
+    assert any(m.startswith("ERROR Schedule 'odd' not applied") for m in logged)
+    assert (
+        f"INFO Applied CLOUDTASK QUEUES and SCHEDULES to the emulator at {emu.address}: "
+        "1 job updated."
+    ) in logged
+    assert len(logged) == 3

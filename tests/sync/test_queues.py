@@ -95,6 +95,27 @@ def test_an_update_shows_old_and_new_values_and_applies_them(
     )
 
 
+def test_writing_googles_sub_second_default_backoff_goes_back_to_it(
+    emu: Emulator, configure: Callable[..., None], writes: Counter[str]
+) -> None:
+    configure({"emails": {"min_backoff": 2, "max_backoff": 30}})
+    sync()
+    # docs/queues.md: removing a key does not reset it; write the default value to go back.
+    configure({"emails": {"min_backoff": 0.1, "max_backoff": timedelta(milliseconds=2500)}})
+
+    out = sync()
+
+    assert "min_backoff: 2s -> 0.1s" in out
+    assert "max_backoff: 30s -> 2.5s" in out
+    retry = emu.client().get_queue(name=queue_name(emu, "emails")).retry_config
+    assert (retry.min_backoff, retry.max_backoff) == (
+        timedelta(milliseconds=100),
+        timedelta(milliseconds=2500),
+    )
+    assert sync().splitlines()[-1] == "Nothing to change: 1 queue matches the settings."
+    assert writes == Counter(create_queue=1, update_queue=1)
+
+
 def test_dry_run_prints_the_plan_and_changes_nothing(
     emu: Emulator, configure: Callable[..., None], writes: Counter[str]
 ) -> None:

@@ -65,10 +65,30 @@ def test_tasks_sent_to_another_service_need_no_endpoint_here(settings: Any) -> N
 @pytest.mark.parametrize(
     ("url", "allowed_hosts"),
     [
+        ("https://mailer-123.europe-west6.run.app/_tasks/", [".run.app"]),
+        ("https://mailer-123.europe-west6.run.app/jobs/", [".run.app"]),
+        ("https://jobs.example.com/t/", ["shop.example.com", ".example.com"]),
+    ],
+)
+def test_a_domain_pattern_in_allowed_hosts_is_not_this_site(
+    settings: Any, url: str, allowed_hosts: list[str]
+) -> None:
+    # ".run.app" (common on Cloud Run) admits every service's run.app host: a URL under it
+    # may be another service's, so these errors, which stop migrate and runserver, stay quiet.
+    settings.ALLOWED_HOSTS = allowed_hosts
+    settings.CLOUDTASK = {**BASE, "TRANSPORT": "emulator", "URL": url}
+    assert endpoint_checks() == []
+    settings.ROOT_URLCONF = WITHOUT
+    assert endpoint_checks() == []
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed_hosts"),
+    [
         ("http://127.0.0.1:8000/tasks/", ["*"]),
         ("http://localhost:8000/tasks/", []),
         ("http://testserver/tasks/", ["*"]),
-        ("https://shop.example.com/tasks/", [".example.com"]),
+        ("https://shop.example.com/tasks/", [".example.com", "shop.example.com"]),
     ],
 )
 def test_url_beside_the_endpoint(settings: Any, url: str, allowed_hosts: list[str]) -> None:

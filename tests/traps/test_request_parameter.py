@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.core.checks import Warning, run_checks
+from django.core.handlers.wsgi import WSGIRequest
+from django.http import HttpRequest
 from django.test import Client
 
 from cloudtask import CloudTaskRequest, InvalidTaskCall, TaskRegistrationError, task
@@ -102,6 +104,18 @@ def annotated_for_type_checkers_only(name: TypeCheckingOnly) -> None:
     pass
 
 
+def annotated_like_a_view(request: HttpRequest, x: int) -> None:
+    pass
+
+
+def annotated_with_a_subclass(name: WSGIRequest) -> None:
+    pass
+
+
+def named_as_the_request(request: dict[str, Any]) -> None:
+    pass
+
+
 @pytest.mark.parametrize(
     "func",
     [
@@ -109,6 +123,9 @@ def annotated_for_type_checkers_only(name: TypeCheckingOnly) -> None:
         annotated_any,
         annotated_object,
         annotated_for_type_checkers_only,
+        annotated_like_a_view,
+        annotated_with_a_subclass,
+        named_as_the_request,
     ],
 )
 def test_annotations_the_request_fits_pass(func: Any) -> None:
@@ -179,6 +196,25 @@ def test_an_annotation_the_request_is_not_is_refused_at_declaration() -> None:
         "a task's first parameter receives the CloudTaskRequest, but hello()'s first parameter "
         "'name' is annotated str. Write def hello(request, name, times=1)."
     )
+
+
+@pytest.mark.django_db
+def test_a_task_written_like_a_view_runs_with_the_request(settings: Any) -> None:
+    seen: list[Any] = []
+
+    # Type checkers still want CloudTaskRequest (not an HttpRequest subclass); at run time
+    # the view's habit is accepted.
+    @task  # type: ignore[arg-type]
+    def remember(request: HttpRequest, x: int) -> None:
+        seen.append((request, x))
+
+    settings.CLOUDTASK = {**settings.CLOUDTASK, "TRANSPORT": "immediate"}
+    remember(x=3).delay()
+
+    ((request, x),) = seen
+    assert x == 3
+    assert isinstance(request, CloudTaskRequest)
+    assert request.method == "POST"  # the wrapped HttpRequest's, through the CloudTaskRequest
 
 
 def test_a_delivery_from_other_code_is_rejected_with_the_hint(caplog: Any) -> None:

@@ -60,3 +60,19 @@ def test_dead_lettering_keeps_the_hint(caplog: Any) -> None:
     ]
     (letter,) = DeadLetter.objects.all()
     assert letter.errors[0]["message"] == ERROR
+
+
+def test_without_authentication_the_404_keeps_the_module_names_in_the_log(
+    settings: Any, caplog: Any
+) -> None:
+    # ALLOW_UNAUTHENTICATED: anyone may have sent it, and the project's modules are not theirs
+    # to read. The log still says everything.
+    settings.CLOUDTASK = {**settings.CLOUDTASK, "SECRET": None, "ALLOW_UNAUTHENTICATED": True}
+    with caplog.at_level(logging.WARNING, logger="cloudtask"):
+        response = deliver_unknown()
+    assert (response.status_code, response.content.decode()) == (
+        404,
+        "unknown task; see the log for why",
+    )
+    assert ERROR in [r.getMessage() for r in caplog.records if r.name == "cloudtask"]
+    assert "tests.tasks" not in response.content.decode()

@@ -25,9 +25,20 @@ from cloudtask import registry
 from cloudtask.conf import get_settings
 from cloudtask.emulator import Emulator
 from cloudtask.emulator.cli import DEFAULT_PORT, add_arguments, certs_port, serve
-from cloudtask.emulator.persist import LOG_FILE, STATE_FILE, stop_running
+from cloudtask.emulator.persist import (
+    LOG_FILE,
+    STATE_FILE,
+    AlreadyRunning,
+    StateDirLock,
+    lock_state_dir,
+    stop_running,
+)
 from cloudtask.transports.cloudtasks import make_client
 from cloudtask.transports.emulator import LocalEmulator, find_running, state_dir
+
+#: Times --reset and the foreground emulator stop a background emulator that is started again
+#: before they hold its directory.
+STOP_ATTEMPTS = 5
 
 
 def _registered_queues() -> list[str]:
@@ -137,11 +148,21 @@ class Command(BaseCommand):
             )
             if answer.strip().lower() != "yes":
                 raise CommandError("Reset cancelled.")
-        stopped = self._stop(directory)
-        # The state file and what was set aside beside it (corrupt files, temporary writes).
-        removed = [path for path in directory.glob(f"{STATE_FILE}*") if path.is_file()]
-        for path in removed:
-            path.unlink()
+        removed: list[Path] = []
+        if directory.is_dir():
+            # Held while deleting: a site's keep_up, or a sender, may start the emulator again
+            # right after the stop, and it would load the old state.
+            stopped, lock = self._stop_and_lock(directory)
+            try:
+                # The state file and what was set aside beside it (corrupt files, temporary
+                # writes).
+                removed = [path for path in directory.glob(f"{STATE_FILE}*") if path.is_file()]
+                for path in removed:
+                    path.unlink()
+            finally:
+                lock.release()
+        else:
+            stopped = False
         self.stdout.write(
             ("Stopped the Cloud Tasks emulator; " if stopped else "")
             + (f"deleted {state}." if removed else f"no state to delete in {directory}.")
@@ -153,21 +174,42 @@ class Command(BaseCommand):
         except TimeoutError as exc:
             raise CommandError(str(exc)) from exc
 
+    def _stop_and_lock(self, directory: Path) -> tuple[bool, StateDirLock]:
+        """Stop the emulator serving ``directory`` and take its lock, with no gap for another
+        one to start in between: one that started anyway (the project's processes start it on
+        demand) is stopped too. (whether one was stopped, the lock)."""
+        stopped = False
+        for _ in range(STOP_ATTEMPTS):
+            stopped = self._stop(directory) or stopped
+            try:
+                return stopped, lock_state_dir(directory)
+            except AlreadyRunning:
+                continue  # started again between the stop and the lock
+        raise CommandError(
+            f"The project's Cloud Tasks emulator for {directory} keeps being started again "
+            f"(tried {STOP_ATTEMPTS} times): stop the processes that use it (runserver, "
+            "workers) and run this command again."
+        )
+
     # -- the foreground emulator ----------------------------------------------------------------
 
     def foreground(self, directory: Path, options: dict[str, Any]) -> None:
+        emulator = self.build_emulator(options, state_path=directory / STATE_FILE)
         running = find_running(directory)
-        if running is not None and self._stop(directory):
+        # Locked before serving: a background emulator that a sender starts again right after
+        # the stop would otherwise win the directory, and this command would exit with 3.
+        stopped, lock = self._stop_and_lock(directory)
+        if stopped:
             self.stdout.write(
-                f"Stopped the background Cloud Tasks emulator (pid {running.pid}); taking over "
+                f"Stopped the background Cloud Tasks emulator"
+                f"{f' (pid {running.pid})' if running is not None else ''}; taking over "
                 f"its tasks from {directory / STATE_FILE}."
             )
-        emulator = self.build_emulator(options, state_path=directory / STATE_FILE)
         self.stdout.write(
             f"The project's emulator, on {directory}: every process of this project sends to it "
             "while it runs."
         )
-        serve(emulator, self.stdout, state_dir=directory)  # type: ignore[arg-type]
+        serve(emulator, self.stdout, state_dir=directory, lock=lock)  # type: ignore[arg-type]
 
     def build_emulator(self, options: dict[str, Any], state_path: Path | None = None) -> Emulator:
         """The (unstarted) emulator that settings plus command-line ``options`` describe."""
