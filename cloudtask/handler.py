@@ -233,11 +233,12 @@ _TEXT = "text/plain"
 
 
 def _logged(response: HttpResponse) -> HttpResponse:
-    """Mark a 503 that only says "try again later" (a task raised Retry, or the same task id is
-    running elsewhere) as logged: the executor logged its reason in one WARNING line, and
-    Django would log every 5xx once more as an ERROR on django.request, an alarm for what the
-    task asked for. Django's own views skip that log the same way (django.utils.log.log_response
-    reads this attribute). A crash (500) is still logged by Django."""
+    """Mark a 5xx whose reason cloudtask has already logged as logged, so Django's request log
+    does not report it once more as an ERROR: a 503 that only says "try again later" (a task
+    raised Retry, or the same task id runs elsewhere: one WARNING line, not an alarm), or a
+    misconfigured schedule (its ERROR names the fix). Django's own views skip that log the same
+    way (django.utils.log.log_response reads this attribute). A crash's 500 is still logged by
+    Django."""
     response._has_been_logged = True  # type: ignore[attr-defined]
     return response
 

@@ -168,6 +168,15 @@ def serve(
         except OSError as exc:
             raise SystemExit(f"error: {exc}") from None
         try:
+            # Read once, now: an idle_timeout may stop the emulator at any time from here on
+            # (its addresses are gone then), and the loop below sees that.
+            address, certs_url = emulator.address, emulator.certs_url
+            dashboard_url = _dashboard_url(emulator)
+        except RuntimeError:
+            # Stopped already: an idle_timeout shorter than the start-up. Nothing to serve.
+            emulator.stop()
+            return
+        try:
             if lock is not None:
                 # Gone before the stop begins: who reads it then starts a new emulator (which
                 # waits for this one's lock) instead of sending to one shutting down.
@@ -175,9 +184,9 @@ def serve(
                 lock.publish(
                     {
                         "pid": os.getpid(),
-                        "address": emulator.address,
-                        "certs_url": emulator.certs_url,
-                        "dashboard_url": _dashboard_url(emulator),
+                        "address": address,
+                        "certs_url": certs_url,
+                        "dashboard_url": dashboard_url,
                         "project": emulator.project,
                         "location": emulator.location,
                         "state": str(emulator.state_path),
@@ -186,9 +195,8 @@ def serve(
                 )
             # An idle_timeout stops the emulator from its own thread: stop serving then too.
             threading.Thread(target=_set_when_stopped, args=(emulator, stop), daemon=True).start()
-            out.write(f"Cloud Tasks emulator listening on {emulator.address}\n")
-            out.write(f"OIDC certificates: {emulator.certs_url}\n")
-            dashboard_url = _dashboard_url(emulator)
+            out.write(f"Cloud Tasks emulator listening on {address}\n")
+            out.write(f"OIDC certificates: {certs_url}\n")
             if dashboard_url is not None:
                 out.write(f"Dashboard: {dashboard_url}\n")
             for queue in sorted(emulator.store.queues):
@@ -197,7 +205,7 @@ def serve(
                 out.write(f"state: {emulator.state_path} ({emulator.pending()} task(s) held)\n")
             out.write(
                 "Point cloudtask at it with CLOUDTASK = {"
-                f'"TRANSPORT": "cloudtasks", "EMULATOR_HOST": "{emulator.address}", '
+                f'"TRANSPORT": "cloudtasks", "EMULATOR_HOST": "{address}", '
                 f'"PROJECT": "{emulator.project}", "LOCATION": "{emulator.location}", ...}}; '
                 "stop with Ctrl-C.\n"
             )

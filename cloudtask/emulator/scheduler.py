@@ -37,7 +37,7 @@ from .clock import Clock
 from .dispatcher import HttpResult, HttpSender
 from .oidc import TokenIssuer
 from .policy import RetryPolicy
-from .server import _empty, _guard
+from .server import Method, _empty, generic_handler
 from .state import _HTTP_TO_RPC, ApiError, invalid, paginate
 
 if TYPE_CHECKING:
@@ -672,7 +672,7 @@ class CloudSchedulerService:
     def handler(self) -> grpc.GenericRpcHandler:
         v1 = cron.scheduler_v1
         s = self.scheduler
-        methods: dict[str, tuple[Callable[[Any], Any], Any, Callable[[Any], bytes]]] = {
+        methods: dict[str, Method] = {
             "CreateJob": (
                 lambda r: s.create_job(r.parent, r.job),
                 v1.CreateJobRequest,
@@ -696,14 +696,4 @@ class CloudSchedulerService:
             "ResumeJob": (lambda r: s.resume_job(r.name), v1.ResumeJobRequest, v1.Job.serialize),
             "RunJob": (lambda r: s.run_job(r.name), v1.RunJobRequest, v1.Job.serialize),
         }
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                name: grpc.unary_unary_rpc_method_handler(
-                    _guard(func),
-                    request_deserializer=request_type.deserialize,
-                    response_serializer=serializer,
-                )
-                for name, (func, request_type, serializer) in methods.items()
-            },
-        )
+        return generic_handler(SERVICE, methods)

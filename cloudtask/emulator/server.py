@@ -82,7 +82,7 @@ class CloudTasksService:
             return view
 
     def handler(self) -> grpc.GenericRpcHandler:
-        methods: dict[str, tuple[Callable[[Any], Any], Any, Callable[[Any], bytes]]] = {
+        methods: dict[str, Method] = {
             "CreateQueue": (
                 self.create_queue,
                 tasks_v2.CreateQueueRequest,
@@ -117,17 +117,28 @@ class CloudTasksService:
             "DeleteTask": (self.delete_task, tasks_v2.DeleteTaskRequest, _empty),
             "RunTask": (self.run_task, tasks_v2.RunTaskRequest, tasks_v2.Task.serialize),
         }
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                name: grpc.unary_unary_rpc_method_handler(
-                    _guard(func),
-                    request_deserializer=request_type.deserialize,
-                    response_serializer=serializer,
-                )
-                for name, (func, request_type, serializer) in methods.items()
-            },
-        )
+        return generic_handler(SERVICE, methods)
+
+
+#: An RPC method: (the function, the request message class, the response serializer).
+Method = tuple[Callable[[Any], Any], Any, Callable[[Any], bytes]]
+
+
+def generic_handler(service: str, methods: dict[str, Method]) -> grpc.GenericRpcHandler:
+    """A gRPC service's unary methods, served with proto-plus message classes (no generated
+    stubs), each behind _guard: the Cloud Tasks service here, the Cloud Scheduler one in
+    scheduler.py."""
+    return grpc.method_handlers_generic_handler(
+        service,
+        {
+            name: grpc.unary_unary_rpc_method_handler(
+                _guard(func),
+                request_deserializer=request_type.deserialize,
+                response_serializer=serializer,
+            )
+            for name, (func, request_type, serializer) in methods.items()
+        },
+    )
 
 
 def _guard(func: Callable[[Any], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
