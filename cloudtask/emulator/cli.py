@@ -191,6 +191,12 @@ def serve(
                         "location": emulator.location,
                         "state": str(emulator.state_path),
                         "started": time.time(),
+                        # What it was started with, so a process whose settings differ says so.
+                        "options": {
+                            "dedup_window": emulator.dedup_window,
+                            "max_task_size": emulator.max_task_size,
+                            "idle_timeout": emulator.idle_timeout,
+                        },
                     }
                 )
             # An idle_timeout stops the emulator from its own thread: stop serving then too.

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,9 @@ logger = logging.getLogger("cloudtask.emulator")
 
 #: Seconds a process waits for the background emulator it started to listen.
 START_TIMEOUT = 10.0
+#: A log larger than this (bytes) is kept as emulator.log.1 when a background emulator starts,
+#: so the log of a project's emulator does not grow forever.
+MAX_LOG_SIZE = 5 * 1024 * 1024
 #: Times it starts one again after the one it started found the directory held by a process
 #: that then let go of it without serving it.
 MAX_RESPAWNS = 3
@@ -91,6 +94,8 @@ class LocalEmulator:
     pid: int | None = None
     #: Its state directory (None: the in-process emulator).
     state_dir: Path | None = None
+    #: The options the background emulator was started with (its emulator.json).
+    options: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 def _settings_module() -> str:
@@ -157,7 +162,43 @@ def find_running(directory: Path) -> LocalEmulator | None:
         dashboard_url=info.get("dashboard_url"),
         pid=int(info["pid"]),
         state_dir=directory,
+        options=info.get("options") or {},
     )
+
+
+def _differences(found: LocalEmulator, settings: CloudTaskSettings) -> list[str]:
+    """What the running background emulator was started with that this process's settings
+    say otherwise (it keeps the options of the process that started it)."""
+    options = settings.emulator
+    wanted: dict[str, tuple[object, object]] = {
+        'CLOUDTASK["PROJECT"]': (found.project, settings.project or "local-project"),
+        'CLOUDTASK["LOCATION"]': (found.location, settings.location or "local"),
+    }
+    for key, option in (
+        ("DEDUP_WINDOW", "dedup_window"),
+        ("MAX_TASK_SIZE", "max_task_size"),
+        ("IDLE_TIMEOUT", "idle_timeout"),
+    ):
+        if option in found.options:
+            wanted[f'CLOUDTASK["EMULATOR"]["{key}"]'] = (found.options[option], options[key])
+    return [
+        f"{label} is {mine!r}, it runs with {theirs!r}"
+        for label, (theirs, mine) in wanted.items()
+        if theirs != mine
+    ]
+
+
+def _say_differences(found: LocalEmulator, settings: CloudTaskSettings) -> None:
+    differences = _differences(found, settings)
+    if differences:
+        logger.warning(
+            "The project's background Cloud Tasks emulator (pid %s, %s) was started with other "
+            "settings: %s. Run `manage.py cloudtask_emulator --stop`; the next task starts it "
+            "with these (its tasks are kept).",
+            found.pid,
+            found.address,
+            "; ".join(differences),
+        )
 
 
 #: The background emulators this process started: pid -> exit status, None while it runs. A
@@ -200,9 +241,11 @@ def start_background(settings: CloudTaskSettings) -> LocalEmulator:
     directory = state_dir(settings.emulator)
     found = find_running(directory)
     if found is not None:
+        _say_differences(found, settings)
         return found
     make_state_dir(directory)
     log_path = directory / LOG_FILE
+    _rotate(log_path)
     options = settings.emulator
     argv = daemon_command(
         directory,
@@ -244,6 +287,15 @@ def start_background(settings: CloudTaskSettings) -> LocalEmulator:
                 f"its log is {log_path}."
             )
         time.sleep(0.02)
+
+
+def _rotate(log_path: Path) -> None:
+    """Keep a log grown past MAX_LOG_SIZE as emulator.log.1 (replacing the one before)."""
+    try:
+        if log_path.stat().st_size > MAX_LOG_SIZE:
+            os.replace(log_path, log_path.with_name(f"{log_path.name}.1"))
+    except FileNotFoundError:
+        pass
 
 
 def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,9 +20,10 @@ import pytest
 
 from cloudtask import ConfigurationError
 from cloudtask.conf import build_settings, get_settings
-from cloudtask.emulator.persist import stop_running
+from cloudtask.emulator.persist import make_state_dir, stop_running
 from cloudtask.transports import get_transport
 from cloudtask.transports.emulator import (
+    MAX_LOG_SIZE,
     EmulatorTransport,
     emulator_connected,
     find_running,
@@ -253,3 +255,49 @@ def test_a_serving_site_keeps_its_emulator_up_and_starts_it_again(
     finally:
         stop.set()
         site.join()
+
+
+def test_a_process_whose_settings_differ_from_the_running_emulators_is_told(
+    settings: Any, state_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator = {"STATE_DIR": str(state_dir), "LOG": False}
+    settings.CLOUDTASK = {**BASE, "TRANSPORT": "emulator", "URL": NOWHERE, "EMULATOR": emulator}
+    add(a=1).schedule(countdown=3600)
+    running = find_running(state_dir)
+    assert running is not None
+
+    # Another process (here: new settings) with another dedup window and location.
+    settings.CLOUDTASK = {
+        **BASE,
+        "TRANSPORT": "emulator",
+        "URL": NOWHERE,
+        "LOCATION": "elsewhere",
+        "EMULATOR": {**emulator, "DEDUP_WINDOW": 60},
+    }
+    with caplog.at_level(logging.WARNING, logger="cloudtask.emulator"):
+        add(a=2).schedule(countdown=3600)
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "cloudtask.emulator"]
+    assert warning == (
+        f"The project's background Cloud Tasks emulator (pid {running.pid}, {running.address}) "
+        f"was started with other settings: CLOUDTASK[\"LOCATION\"] is 'elsewhere', it runs with "
+        f'{BASE["LOCATION"]!r}; CLOUDTASK["EMULATOR"]["DEDUP_WINDOW"] is 60, it runs with '
+        "3600.0. Run `manage.py cloudtask_emulator --stop`; the next task starts it with these "
+        "(its tasks are kept)."
+    )
+
+
+def test_a_log_grown_too_large_is_kept_aside_when_the_emulator_starts(
+    settings: Any, state_dir: Path
+) -> None:
+    make_state_dir(state_dir)
+    log = state_dir / "emulator.log"
+    log.write_text("x" * (MAX_LOG_SIZE + 1))
+    settings.CLOUDTASK = {
+        **BASE,
+        "TRANSPORT": "emulator",
+        "URL": NOWHERE,
+        "EMULATOR": {"STATE_DIR": str(state_dir)},
+    }
+    add(a=1).schedule(countdown=3600)
+    assert (state_dir / "emulator.log.1").stat().st_size == MAX_LOG_SIZE + 1
+    assert log.stat().st_size < MAX_LOG_SIZE
