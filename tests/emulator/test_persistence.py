@@ -381,7 +381,10 @@ def test_cloud_scheduler_jobs_survive_a_restart_and_fire_after_it(
             ),
         )
         client.pause_job(name=paused)
-        poll(lambda: len(saved(state_path).get("jobs", [])) == 2, what="the jobs saved")
+        poll(
+            lambda: state_path.exists() and len(saved(state_path).get("jobs", [])) == 2,
+            what="the jobs saved",
+        )
     finally:
         first.stop()
 
