@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
@@ -295,15 +295,36 @@ def _emulator_options(emulator: Mapping[str, Any]) -> None:
         )
 
 
+def _duration(value: object) -> timedelta | None:
+    """value as a timedelta when it is one or a number of seconds (a bool is neither); else
+    None, for the caller to report with its own error."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    return None
+
+
+def _unknown_keys(given: Iterable[Any], known: Sequence[str], where: str) -> str | None:
+    """The message for the keys of a settings dict at ``where`` that are not ``known``; None
+    when there are none."""
+    unknown = sorted(map(str, set(given) - set(known)))
+    if not unknown:
+        return None
+    return (
+        f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(known)}."
+    )
+
+
 def parse_deadline(value: object, where: str) -> timedelta | None:
     """Turn seconds or a timedelta into a timedelta within Cloud Tasks' 15 s to 30 min."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float | timedelta):
+    deadline = _duration(value)
+    if deadline is None:
         raise ConfigurationError(
             f"{where} must be a timedelta or a number of seconds, not {value!r}."
         )
-    deadline = value if isinstance(value, timedelta) else timedelta(seconds=value)
     if not MIN_DISPATCH_DEADLINE <= deadline <= MAX_DISPATCH_DEADLINE:
         raise ConfigurationError(
             f"{where} is {deadline.total_seconds():g} s; Cloud Tasks accepts 15 s to 30 minutes."
@@ -395,11 +416,8 @@ def _queue_value(key: str, value: object, where: str) -> Any:
     # second: Google's own default min_backoff is 0.1 s, so writing it back must be possible.
     # max_retry_duration is truncated to the second by Cloud Tasks: a fraction would never
     # match what it stores, and cloudtask_sync would report it changed on every run.
-    if isinstance(value, timedelta):
-        duration = value
-    elif number is not None:
-        duration = timedelta(seconds=number)
-    else:
+    duration = _duration(value)
+    if duration is None:
         raise QueueSettingError(
             f"{where} must be a number of seconds or a timedelta, not {value!r}.", rule="retry"
         )
@@ -426,13 +444,9 @@ def _queue_config(queue_id: str, options: Mapping[Any, Any]) -> QueueConfig:
             "max_dispatches_per_second (the field is output only): remove the key.",
             rule="unknown",
         )
-    unknown = sorted(map(str, set(options) - set(QUEUE_KEYS)))
-    if unknown:
-        raise QueueSettingError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
-            f"known keys: {', '.join(QUEUE_KEYS)}.",
-            rule="unknown",
-        )
+    unknown = _unknown_keys(options, QUEUE_KEYS, where)
+    if unknown is not None:
+        raise QueueSettingError(unknown, rule="unknown")
     values = {
         key: _queue_value(key, value, f"{where}[{key!r}]")
         for key, value in options.items()
@@ -574,11 +588,8 @@ class ScheduleSettingError(ConfigurationError):
 
 
 def _schedule_duration(value: object, where: str, *, low: float, high: float | None) -> timedelta:
-    if isinstance(value, timedelta):
-        duration = value
-    elif not isinstance(value, bool) and isinstance(value, int | float):
-        duration = timedelta(seconds=value)
-    else:
+    duration = _duration(value)
+    if duration is None:
         raise ScheduleSettingError(
             f"{where} must be a number of seconds or a timedelta, not {value!r}.", rule="option"
         )
@@ -598,13 +609,9 @@ def _schedule_retry(value: object, where: str) -> ScheduleRetry:
             f"not {value!r}.",
             rule="option",
         )
-    unknown = sorted(map(str, set(value) - set(SCHEDULE_RETRY_KEYS)))
-    if unknown:
-        raise ScheduleSettingError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; known keys: "
-            f"{', '.join(SCHEDULE_RETRY_KEYS)}.",
-            rule="option",
-        )
+    unknown = _unknown_keys(value, SCHEDULE_RETRY_KEYS, where)
+    if unknown is not None:
+        raise ScheduleSettingError(unknown, rule="option")
     values: dict[str, Any] = {}
     count = value.get("retry_count", 0)
     if (
@@ -656,14 +663,9 @@ def parse_schedule(name: object, options: object, where: str) -> Schedule:
             rule="shape",
             schedule=name,
         )
-    unknown = sorted(map(str, set(options) - set(SCHEDULE_KEYS)))
-    if unknown:
-        raise ScheduleSettingError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; known keys: "
-            f"{', '.join(SCHEDULE_KEYS)}.",
-            rule="shape",
-            schedule=name,
-        )
+    unknown = _unknown_keys(options, SCHEDULE_KEYS, where)
+    if unknown is not None:
+        raise ScheduleSettingError(unknown, rule="shape", schedule=name)
     task = options.get("task")
     if not isinstance(task, str) or not task:
         raise ScheduleSettingError(
