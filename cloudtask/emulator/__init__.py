@@ -36,6 +36,7 @@ from .cron import HAVE_SCHEDULER
 from .dashboard import Dashboard
 from .dispatcher import Dispatcher, DispatchRecord
 from .idle import ActivityInterceptor, IdleWatch
+from .log import write_line
 from .oidc import CertsServer, TokenIssuer
 from .persist import StateFile
 from .scheduler import CloudSchedulerService, Scheduler
@@ -260,13 +261,7 @@ class Emulator:
         self._jobs = kept
 
     def _write(self, line: str) -> None:
-        if self._log is None:
-            return
-        try:
-            self._log.write(f"{line}\n")
-            self._log.flush()
-        except (OSError, ValueError):
-            pass  # a closed log stream must not stop the emulator
+        write_line(self._log, line)
 
     def _start_dashboard(self, port: int) -> None:
         # Loopback only, whatever host gRPC binds: the dashboard pauses, purges and runs tasks.

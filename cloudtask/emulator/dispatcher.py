@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TextIO
 from urllib.parse import urlsplit
 
+from .log import write_line
 from .oidc import TokenIssuer
 from .state import AttemptRecord, Store, TaskRecord
 
@@ -202,7 +203,6 @@ class Dispatcher:
         self._workers: list[threading.Thread] = []
         self._idle_workers = 0
         self._stopping = False
-        self._log_lock = threading.Lock()
         self._scheduler = threading.Thread(
             target=self._schedule_loop, name="cloudtask-emulator-scheduler", daemon=True
         )
@@ -475,11 +475,4 @@ class Dispatcher:
         self._write(line)
 
     def _write(self, line: str) -> None:
-        if self.log is None:
-            return
-        with self._log_lock:
-            try:
-                self.log.write(f"{line}\n")
-                self.log.flush()
-            except (OSError, ValueError):
-                pass  # a closed log stream must not break delivery
+        write_line(self.log, line)

@@ -33,6 +33,7 @@ from typing import Any, TextIO
 
 from google.cloud import tasks_v2
 
+from .log import write_line
 from .scheduler import Scheduler
 from .state import AttemptRecord, Store, TaskRecord
 
@@ -367,13 +368,7 @@ class StateFile:
             next_write = finished + max(SAVE_INTERVAL, SAVE_DUTY * (finished - started))
 
     def _write(self, line: str) -> None:
-        if self.log is None:
-            return
-        try:
-            self.log.write(f"{line}\n")
-            self.log.flush()
-        except (OSError, ValueError):
-            pass
+        write_line(self.log, line)
 
 
 # -- a background emulator's state directory ----------------------------------------------------

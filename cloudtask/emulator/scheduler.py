@@ -35,6 +35,7 @@ import grpc
 from . import cron
 from .clock import Clock
 from .dispatcher import HttpResult, HttpSender
+from .log import write_line
 from .oidc import TokenIssuer
 from .policy import RetryPolicy
 from .server import Method, _empty, generic_handler
@@ -259,7 +260,6 @@ class Scheduler:
         self.clock = clock
         self.issuer = issuer
         self._log = log
-        self._log_lock = threading.Lock()
         self.cond = threading.Condition(threading.RLock())
         self.jobs: dict[str, _JobRecord] = {}
         self._executions: list[_Execution] = []
@@ -636,14 +636,7 @@ class Scheduler:
         return outcome
 
     def _write(self, line: str) -> None:
-        if self._log is None:
-            return
-        with self._log_lock:
-            try:
-                self._log.write(f"{line}\n")
-                self._log.flush()
-            except (OSError, ValueError):
-                pass  # a closed log stream must not stop the firing
+        write_line(self._log, line)
 
 
 def _rpc_status(http_status: int | None, error: str | None) -> Any:
