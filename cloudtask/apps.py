@@ -3,6 +3,7 @@ import sys
 
 from django.apps import AppConfig
 from django.core.checks import register
+from django.core.signals import request_finished
 
 
 class CloudTaskConfig(AppConfig):
@@ -24,6 +25,17 @@ class CloudTaskConfig(AppConfig):
         register(checks.check_queues, "cloudtask")
         register(checks.check_deploy, "cloudtask", deploy=True)
         dispatch.set_dispatcher(outbox.OutboxDispatcher())
+
+        def relay_left_behind(sender: object, **kwargs: object) -> None:
+            outbox.maybe_relay()
+
+        # Rows a crash, an outage or a slow API left in the outbox are sent by whichever
+        # process serves the next request after OUTBOX_RELAY_INTERVAL, in a background thread,
+        # so a site with traffic heals itself with no extra process; within the interval this
+        # costs a clock read and a comparison. (weak=False: the closure has no other owner.)
+        request_finished.connect(
+            relay_left_behind, weak=False, dispatch_uid="cloudtask.outbox.relay_left_behind"
+        )
         # The local emulator gets CLOUDTASK["QUEUES"] and ["SCHEDULES"], and loses the managed
         # queues and jobs they no longer name, whenever this process connects to it (before
         # keep_up_while_serving may connect).

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from django.apps import apps
-from django.db import DEFAULT_DB_ALIAS, models, router
+from django.db import DEFAULT_DB_ALIAS, models, router, transaction
 from django.db.models import signals as model_signals
 from django.dispatch import Signal
 from model_utils import FieldTracker
@@ -421,13 +421,20 @@ class Binding:
         return TaskHandle(call.encode(), call=call, sender=self.task)
 
     def _send(self, handle: TaskHandle, alias: str) -> None:
-        try:
+        if call_in_transaction(alias):
             defer(handle, using=alias)
+            return
+        # Autocommit: the change is already committed, so the save must not fail because the
+        # queue did, and the task must not be lost with it. A transaction of its own for the call
+        # gives it the path of every call sent at commit: an outbox row written at that commit,
+        # the send, and, if Cloud Tasks cannot take it now, the row left for the relay, the
+        # failure logged and signalled (task_enqueue_failed).
+        try:
+            with transaction.atomic(using=alias):
+                defer(handle, using=alias)
         except Exception as exc:
-            if call_in_transaction(alias):
-                raise
-            # Autocommit: the row is already committed, so the save must not fail because the
-            # queue did; report the failure like one after a commit.
+            # The outbox row itself could not be written (its table missing, the database
+            # gone): nothing keeps the call; say so like any failure after a commit.
             report_failure(handle, exc)
 
     def _receive_save(self, sender: Any, kwargs: dict[str, Any]) -> None:

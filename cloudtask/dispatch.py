@@ -46,7 +46,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from asgiref.sync import sync_to_async
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db import transaction as django_transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
@@ -76,6 +76,9 @@ logger = logging.getLogger("cloudtask.dispatch")
 
 State = Literal["pending", "sent", "failed", "dropped", "outboxed"]
 
+#: Guards making a handle's event (two threads waiting on one handle make one event).
+_EVENT_LOCK = threading.Lock()
+
 
 class TaskHandle:
     """One dispatched task call: pending until it settles as sent, failed, dropped (its
@@ -84,12 +87,22 @@ class TaskHandle:
     sends it; a send still in flight may turn it sent later). Every handle settles, so wait()
     always returns."""
 
-    def __init__(self, message: TaskMessage, *, call: Any = None, sender: Any = None) -> None:
+    def __init__(
+        self,
+        message: TaskMessage,
+        *,
+        call: Any = None,
+        sender: Any = None,
+        on_sent: Callable[[TaskHandle], None] | None = None,
+    ) -> None:
         self.message = message
         #: The front-end's call object (a TaskCall, a django.tasks TaskResult), for signals.
         self.call = call
         #: The sender of cloudtask's signals about this call (the Task object).
         self.sender = sender
+        #: The front-end's own step once the call is sent (now or at commit), run just before
+        #: cloudtask's task_enqueued: the django.tasks backend sends Django's signal there.
+        self.on_sent = on_sent
         self.state: State = "pending"
         #: Full resource name, projects/P/locations/L/queues/Q/tasks/ID, once sent.
         self.resource_name: str | None = None
@@ -99,7 +112,11 @@ class TaskHandle:
         self.error: BaseException | None = None
         #: Its row in the transactional outbox (cloudtask.outbox), while it has one.
         self.outbox: Any = None
-        self._done = threading.Event()
+        self._settled = False
+        # Made by the first wait() on an unsettled handle: most handles settle before anyone
+        # waits (a .delay() returns settled), and an Event (a Condition and its locks) would
+        # cost each call more than the rest of the handle.
+        self._event: threading.Event | None = None
 
     @property
     def task_id(self) -> str | None:
@@ -124,7 +141,7 @@ class TaskHandle:
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._settled
 
     def get_result(self) -> TaskExecution | None:
         """What became of the task so far, from its execution record (CLOUDTASK["RECORDS"]):
@@ -135,30 +152,52 @@ class TaskHandle:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until sent, failed or dropped (an on-commit call settles at commit or
         rollback); True once settled."""
-        return self._done.wait(timeout)
+        if self._settled:
+            return True
+        event = self._event
+        if event is None:
+            made = threading.Event()  # made outside the lock: nothing runs under it but checks
+            with _EVENT_LOCK:
+                event = self._event
+                if event is None:
+                    event = self._event = made
+        # Settled meanwhile, maybe before the event existed, so nobody will set it.
+        if self._settled:
+            return True
+        return event.wait(timeout)
+
+    def _settle(self) -> None:
+        # The mirror of wait(): the flag is written before the event is read, wait() writes
+        # the event before it reads the flag, so one of them sees the other. No lock here: a
+        # rollback settles handles from a weakref callback, which the garbage collector may
+        # run inside any allocation, wait()'s included.
+        self._settled = True
+        event = self._event
+        if event is not None:
+            event.set()
 
     def _sent(self, enqueued: EnqueuedTask) -> None:
         self.resource_name = enqueued.resource_name
         if enqueued.schedule_time is not None:
             self.schedule_time = enqueued.schedule_time
         self.state = "sent"
-        self._done.set()
+        self._settle()
 
     def _failed(self, exc: BaseException) -> None:
         self.error = exc
         self.state = "failed"
-        self._done.set()
+        self._settle()
 
     def _dropped(self) -> None:
         if self.state == "pending":
             self.state = "dropped"
-            self._done.set()
+            self._settle()
 
     def _outboxed(self, exc: BaseException | None) -> None:
         if self.state != "sent":
             self.error = exc
             self.state = "outboxed"
-            self._done.set()
+            self._settle()
 
     def __repr__(self) -> str:
         where = f" {self.resource_name}" if self.resource_name else ""
@@ -166,6 +205,8 @@ class TaskHandle:
 
 
 def _refuse_unsupported(transport: BaseTransport, message: TaskMessage) -> None:
+    """Raise for a call with a task id on a transport that would not deduplicate it. send()
+    tests the flag itself first, so a call on a transport that supports ids pays no call."""
     if message.task_id is not None and not transport.supports_named:
         raise ConfigurationError(
             f"Task {message.task_name!r} has task id {message.task_id!r}, but the "
@@ -176,6 +217,7 @@ def _refuse_unsupported(transport: BaseTransport, message: TaskMessage) -> None:
 
 
 def _ran_early(transport: BaseTransport, message: TaskMessage, enqueued: EnqueuedTask) -> None:
+    """Log a call scheduled ahead that a transport without schedules ran at once."""
     if (
         not transport.supports_schedule
         and message.schedule_time is not None
@@ -194,14 +236,19 @@ def _ran_early(transport: BaseTransport, message: TaskMessage, enqueued: Enqueue
 def send(handle: TaskHandle) -> TaskHandle:
     """Enqueue handle.message on the configured transport now (thread-safe); raises on failure."""
     transport = get_transport()
+    message = handle.message
     try:
-        _refuse_unsupported(transport, handle.message)
-        enqueued = transport.enqueue(handle.message)
+        if message.task_id is not None and not transport.supports_named:
+            _refuse_unsupported(transport, message)
+        enqueued = transport.enqueue(message)
     except BaseException as exc:
         handle._failed(exc)
         raise
-    _ran_early(transport, handle.message, enqueued)
+    if not transport.supports_schedule:
+        _ran_early(transport, message, enqueued)
     handle._sent(enqueued)
+    if handle.on_sent is not None:
+        handle.on_sent(handle)
     signals.task_enqueued.send(sender=handle.sender, call=handle.call, handle=handle)
     return handle
 
@@ -209,14 +256,19 @@ def send(handle: TaskHandle) -> TaskHandle:
 async def asend(handle: TaskHandle) -> TaskHandle:
     """send() for the event loop: the transport's async path, never blocking the loop."""
     transport = get_transport()
+    message = handle.message
     try:
-        _refuse_unsupported(transport, handle.message)
-        enqueued = await transport.aenqueue(handle.message)
+        if message.task_id is not None and not transport.supports_named:
+            _refuse_unsupported(transport, message)
+        enqueued = await transport.aenqueue(message)
     except BaseException as exc:
         handle._failed(exc)
         raise
-    _ran_early(transport, handle.message, enqueued)
+    if not transport.supports_schedule:
+        _ran_early(transport, message, enqueued)
     handle._sent(enqueued)
+    if handle.on_sent is not None:
+        handle.on_sent(handle)
     signals.task_enqueued.send(sender=handle.sender, call=handle.call, handle=handle)
     return handle
 
@@ -228,10 +280,11 @@ def dispatch(
     sender: Any = None,
     on_commit: bool = False,
     using: str | None = None,
+    on_sent: Callable[[TaskHandle], None] | None = None,
 ) -> TaskHandle:
     """The one dispatch path: send message now, or when the transaction open on ``using``
     commits (``on_commit``; now if none is open). Returns its handle."""
-    handle = TaskHandle(message, call=call, sender=sender)
+    handle = TaskHandle(message, call=call, sender=sender, on_sent=on_sent)
     if on_commit:
         return defer(handle, using=using)
     return send(handle)
@@ -244,6 +297,7 @@ async def adispatch(
     sender: Any = None,
     on_commit: bool = False,
     using: str | None = None,
+    on_sent: Callable[[TaskHandle], None] | None = None,
 ) -> TaskHandle:
     """dispatch() for the event loop: sent on the transport's async path, or, for an on-commit
     call made while a transaction is open, deferred like dispatch() does.
@@ -252,7 +306,7 @@ async def adispatch(
     that awaits this coroutine (async_to_sync), not in the event loop's. The check and the
     deferral run there, through a thread-sensitive sync_to_async hop (on-commit calls only).
     """
-    handle = TaskHandle(message, call=call, sender=sender)
+    handle = TaskHandle(message, call=call, sender=sender, on_sent=on_sent)
     if on_commit and await sync_to_async(_defer_if_in_transaction, thread_sensitive=True)(
         handle, using or DEFAULT_DB_ALIAS
     ):
@@ -289,14 +343,22 @@ class Dispatcher:
     """Where deferred task calls go. The default sends them when their transaction commits.
 
     A durable outbox slots in here without changing any public call: ``prepare`` runs inside
-    the transaction when a call is deferred (store ``handle.message`` in the same transaction),
-    ``dispatch`` runs after the commit with the handles that survived (send them, mark the rows
-    sent; a relay sends whatever a crashed process left behind). TaskMessage is a plain frozen
-    dataclass, so it stores as it is.
+    the transaction when a call is deferred, ``write`` runs inside it just before its COMMIT
+    with the calls that survived (store them in the same transaction, all together),
+    ``dispatch`` runs after the commit (send them, mark the rows sent; a relay sends whatever a
+    crashed process left behind). TaskMessage is a plain frozen dataclass, so it stores as it is.
     """
 
-    def prepare(self, handle: TaskHandle, using: str) -> None:
-        """Called inside the transaction, at the line that deferred the call."""
+    def prepare(self, handle: TaskHandle, using: str) -> bool:
+        """Called inside the transaction, at the line that deferred the call. True asks for
+        write() with this handle just before the transaction commits, if the call survives."""
+        return False
+
+    def write(self, handles: Sequence[TaskHandle], using: str) -> None:
+        """Called inside the transaction on ``using``, just before its COMMIT, with the handles
+        prepare() asked for that survived (no rolled-back savepoint, not superseded). Not
+        called without a real commit (a TestCase). An exception fails the commit: the caller's
+        atomic block rolls back and raises it (a DatabaseError; any other is wrapped in one)."""
 
     def dispatch(self, handles: Sequence[TaskHandle]) -> None:
         """Send handles after their transaction committed. Must not raise: report failures."""
@@ -471,6 +533,38 @@ def report_failure(handle: TaskHandle, error: BaseException) -> None:
 
 
 # -- per-transaction batches -----------------------------------------------------------------
+#
+# Writing just before the commit. A dispatcher whose prepare() returns True (the outbox) gets
+# write() called inside the transaction, right before its COMMIT, with the transaction's
+# surviving calls, so that it stores them together in a few statements instead of one INSERT
+# per call at the line that made it (a round trip, and the ORM's per-object work, each time).
+# Django has no pre-commit hook, so cloudtask shadows the connection object's ``_commit``
+# method with a _CommitHook (an instance attribute, installed once per connection object, the
+# first time the connection gets a call to write). Why there:
+#
+# * Atomic.__exit__ calls connection.commit(), hence _commit(), for the outermost block only,
+#   after leaving the atomic block and before Django runs the on_commit callables: the
+#   transaction is still open, and connection.run_on_commit still lists the callables that
+#   survived. A manual transaction (autocommit off) defers only inside an atomic block (outside
+#   one, Django's on_commit() refuses), and Django keeps its callables through every
+#   transaction.commit() until set_autocommit(True) runs them: calls made between two commits
+#   join the same batch. So each commit writes the batch's surviving calls not written yet,
+#   the survivors accumulate, and a call needing a write hands its batch to the hook again
+#   whenever the hook is not watching it (each commit lets go of the batches it wrote).
+# * A DatabaseError raised from _commit makes Atomic.__exit__ roll back and re-raise it: the
+#   caller's ``with atomic()`` raises, nothing is committed, and the rollback drops every
+#   callable, so nothing is sent. The hook turns any other failure of the write into a
+#   DatabaseError, so that this holds whatever went wrong.
+# * Savepoints release through _savepoint_commit, not _commit, and a TestCase never commits:
+#   captureOnCommitCallbacks(execute=True) runs the callables without a commit. Its calls are
+#   then sent without rows, which there was no commit to make durable (the dispatcher sees
+#   handles that prepare() marked and write() never got).
+#
+# Which calls survive is read from connection.run_on_commit (a rolled-back savepoint's
+# callables are removed from it), not from the weak references, which stay alive while anyone
+# else holds a callable. A rolled-back transaction empties run_on_commit, so a batch it left
+# behind writes nothing, whatever commit comes next on that connection; the hook forgets such
+# batches as soon as it is handed a new one.
 
 
 #: The callable Django holds for one deferred handle; Django drops it on rollback.
@@ -487,6 +581,10 @@ class _Entry:
     key: Hashable | None = None
     #: What a coalescing binding needs to merge the next save into this one.
     state: Any = None
+    #: The dispatcher asked to write this handle before the commit (its prepare() said so).
+    write: bool = False
+    #: A commit wrote it (a manual transaction's later commits must not write it again).
+    written: bool = False
 
 
 def _make_callback(batch: _Batch) -> _Deferred:
@@ -497,6 +595,26 @@ def _make_callback(batch: _Batch) -> _Deferred:
     return cloudtask_on_commit
 
 
+def _split(entries: Sequence[_Entry]) -> tuple[list[_Entry], list[TaskHandle]]:
+    """The entries to send (the latest of each key, still pending), and the handles that a
+    later entry with the same key superseded."""
+    latest: dict[Hashable, _Entry] = {}
+    for entry in entries:
+        if entry.key is not None:
+            latest[entry.key] = entry
+    to_send: list[_Entry] = []
+    superseded: list[TaskHandle] = []
+    for entry in entries:
+        if entry.handle is None:
+            continue
+        if entry.key is not None and latest[entry.key] is not entry:
+            # Superseded by a later save of the same instance: that one carries the change.
+            superseded.append(entry.handle)
+        elif entry.handle.state == "pending":
+            to_send.append(entry)
+    return to_send, superseded
+
+
 class _Batch:
     """The task calls deferred in one outermost transaction of one connection."""
 
@@ -505,16 +623,29 @@ class _Batch:
         self.entries: list[_Entry] = []
         self.keyed: dict[Hashable, list[_Entry]] = {}
         self.flushed = False
+        #: The dispatcher that asked for a write before the commit (None: nothing to write).
+        self.writer: Dispatcher | None = None
+        #: The entries that survived to the commit, as the write before it found them (in a
+        #: manual transaction, to any of its commits so far); None until then (and for good
+        #: without a real commit: the weak references tell).
+        self.survivors: list[_Entry] | None = None
+        #: The connection's _CommitHook holds this batch for its next commit.
+        self.watched = False
 
     def add(
-        self, handle: TaskHandle | None, *, key: Hashable | None = None, state: Any = None
+        self,
+        handle: TaskHandle | None,
+        *,
+        key: Hashable | None = None,
+        state: Any = None,
+        write: bool = False,
     ) -> _Deferred:
         callback = _make_callback(self)
         # When Django drops the callable (a rollback, or the transaction's end), a handle still
         # pending will never be sent: settle it as dropped, so wait() returns.
         on_drop = handle._dropped if handle is not None else None
         ref = weakref.ref(callback, (lambda _ref: on_drop()) if on_drop else None)
-        entry = _Entry(handle, ref, key, state)
+        entry = _Entry(handle, ref, key, state, write)
         self.entries.append(entry)
         if key is not None:
             self.keyed.setdefault(key, []).append(entry)
@@ -541,32 +672,76 @@ class _Batch:
         # Django stores (savepoint ids, callable, robust) tuples.
         return any(item[1] is callback for item in reversed(self.connection.run_on_commit))
 
+    def before_commit(self) -> None:
+        """Inside the transaction, just before a COMMIT (the _CommitHook): note which
+        entries survived, and have the dispatcher write those that asked for it and that no
+        earlier commit (of a manual transaction) wrote."""
+        if self.flushed:
+            return
+        # Earlier survivors stay: their rows are committed, and Django still holds their
+        # callables (a rollback since would have dropped them all, and this batch with them).
+        known = {id(entry) for entry in self.survivors or ()}
+        known.update(id(entry) for entry in self._held())
+        survivors = [entry for entry in self.entries if id(entry) in known]
+        to_send, _ = _split(survivors)
+        to_write = [e for e in to_send if e.write and not e.written and e.handle is not None]
+        if to_write and self.writer is not None:
+            self.writer.write([e.handle for e in to_write if e.handle], self.connection.alias)
+        for entry in to_write:
+            entry.written = True
+        self.survivors = survivors
+
+    def _held(self) -> list[_Entry]:
+        """The entries whose callable Django holds. (A function of its own: a failing write
+        keeps the frames below it in its traceback, and no callable may stay alive in one,
+        or its handle would never settle as dropped.)"""
+        # A dead weak reference is skipped before its id is looked up: no recycled id matches.
+        held = {id(item[1]) for item in self.connection.run_on_commit}
+        return [e for e in self.entries if (alive := e.ref()) is not None and id(alive) in held]
+
+    def abandon(self) -> None:
+        """The write before the commit failed: the transaction rolls back, nothing is sent.
+        (Only what an earlier commit of a manual transaction wrote stays: its rows are
+        committed.)"""
+        earlier = self.survivors or []
+        kept = {id(entry) for entry in earlier}
+        for entry in self.entries:
+            if entry.handle is not None and id(entry) not in kept:
+                entry.handle._dropped()
+        self.entries = list(earlier)
+        self.keyed = {}
+        for entry in earlier:
+            if entry.key is not None:
+                self.keyed.setdefault(entry.key, []).append(entry)
+        if not earlier:
+            self.flushed = True
+            self.survivors = None
+
     def flush(self) -> None:
         if self.flushed:
             return
         self.flushed = True
-        if _NEEDS_COLLECT:
-            # Without reference counting a dropped callable lingers until a collection, and
-            # its call would be sent although its savepoint rolled back.
-            gc.collect()
-        alive = [e for e in self.entries if e.ref() is not None]
+        if self.survivors is not None:
+            # A real commit: send exactly what was written before it. A call Django dropped
+            # that someone else keeps alive is dropped here, not sent.
+            alive = self.survivors
+            kept = {id(entry) for entry in alive}
+            for entry in self.entries:
+                if entry.handle is not None and id(entry) not in kept:
+                    entry.handle._dropped()
+        else:
+            if _NEEDS_COLLECT:
+                # Without reference counting a dropped callable lingers until a collection,
+                # and its call would be sent although its savepoint rolled back.
+                gc.collect()
+            alive = [e for e in self.entries if e.ref() is not None]
         self.entries = []
         self.keyed = {}
-        latest: dict[Hashable, _Entry] = {}
-        for entry in alive:
-            if entry.key is not None:
-                latest[entry.key] = entry
-        to_send: list[TaskHandle] = []
-        superseded: list[TaskHandle] = []
-        for entry in alive:
-            if entry.handle is None:
-                continue
-            if entry.key is not None and latest[entry.key] is not entry:
-                # Superseded by a later save of the same instance: that one carries the change.
-                entry.handle._dropped()
-                superseded.append(entry.handle)
-            elif entry.handle.state == "pending":
-                to_send.append(entry.handle)
+        self.survivors = None
+        entries, superseded = _split(alive)
+        for handle in superseded:
+            handle._dropped()
+        to_send = [entry.handle for entry in entries if entry.handle is not None]
         if superseded:
             get_dispatcher().discard(superseded)
         if to_send:
@@ -579,6 +754,59 @@ class _Batch:
                     if handle.state == "pending":
                         handle._failed(exc)
                         report_failure(handle, exc)
+
+
+class _CommitHook:
+    """Stands in for one connection object's ``_commit`` (see the comment above _Deferred):
+    writes the batches that asked for it, then commits as the original method does."""
+
+    def __init__(self, connection: BaseDatabaseWrapper) -> None:
+        self.connection = connection
+        self.commit: Callable[[], Any] = connection._commit  # type: ignore[attr-defined]
+        self.batches: list[_Batch] = []
+
+    def watch(self, batch: _Batch) -> None:
+        # A batch whose transaction ended (rolled back, or a TestCase's) goes: it has nothing
+        # left to write, and must not be held until a commit that may never come.
+        kept = [b for b in self.batches if b is not batch and b.is_current()]
+        for gone in self.batches:
+            gone.watched = False
+        self.batches = [*kept, batch]
+        for held in self.batches:
+            held.watched = True
+
+    def __call__(self) -> Any:
+        batches, self.batches = self.batches, []
+        for batch in batches:
+            batch.watched = False  # a later call of a manual transaction hands it back
+        # No open connection: nothing to commit (the original does nothing), and a write would
+        # open a new connection outside the transaction.
+        if self.connection.connection is not None:
+            try:
+                for batch in batches:
+                    batch.before_commit()
+            except Exception as exc:
+                for batch in batches:
+                    batch.abandon()
+                if isinstance(exc, DatabaseError):
+                    raise
+                # Atomic.__exit__ rolls back only on a DatabaseError: anything else would
+                # leave the transaction open behind an exception.
+                raise DatabaseError(
+                    f"Writing the task calls of the transaction on database "
+                    f"{self.connection.alias!r} before its commit failed: "
+                    f"{type(exc).__name__}: {exc}. The transaction is rolled back."
+                ) from exc
+        return self.commit()
+
+
+def _commit_hook(connection: BaseDatabaseWrapper) -> _CommitHook:
+    # The instance's own attribute (vars(), not getattr, which would find the class's method).
+    hook = vars(connection).get("_commit")
+    if not isinstance(hook, _CommitHook):
+        hook = _CommitHook(connection)
+        vars(connection)["_commit"] = hook
+    return hook
 
 
 _batches = threading.local()
@@ -626,10 +854,18 @@ def _register(
 ) -> _Deferred:
     connection = connections[alias]
     batch = _batch_for(connection)
-    if handle is not None:
-        get_dispatcher().prepare(handle, alias)
-    callback = batch.add(handle, key=key, state=state)
+    dispatcher = get_dispatcher()
+    write = handle is not None and dispatcher.prepare(handle, alias)
+    callback = batch.add(handle, key=key, state=state, write=write)
     django_transaction.on_commit(callback, using=alias, robust=True)
+    # Only once Django holds the callable: if on_commit() refused (autocommit off outside an
+    # atomic block), there is nothing to write. Again after each commit of a manual
+    # transaction that wrote this batch: its next commit writes this call.
+    if write:
+        if batch.writer is None:
+            batch.writer = dispatcher
+        if not batch.watched:
+            _commit_hook(connection).watch(batch)
     return callback
 
 

@@ -11,7 +11,15 @@ from django.db import transaction
 from django.db.models.signals import post_save
 from django.dispatch import Signal
 
-from cloudtask import CloudTaskRequest, ConfigurationError, bind, on_commit_task, task, unbind
+from cloudtask import (
+    CloudTaskRequest,
+    ConfigurationError,
+    bind,
+    on_commit_task,
+    signals,
+    task,
+    unbind,
+)
 from cloudtask.models import OutboxMessage
 from tests.models import Order, Parcel, Tag, TaskRecord, Untracked
 
@@ -67,13 +75,27 @@ def test_a_save_that_does_not_touch_the_fields_sends_nothing(emulator: Any) -> N
 def test_saves_of_one_instance_coalesce_into_one_task(emulator: Any) -> None:
     parcel = Parcel.objects.create(weight=Decimal("1.00"))
     assert emulator.wait_idle()  # let setup deliveries finish: SQLite has one writer
-    with transaction.atomic():
-        parcel.status = "paid"
-        parcel.save()
-        parcel.weight = Decimal("2.00")
-        parcel.save()
-        parcel.status = "shipped"
-        parcel.save()
+    sent: list[str] = []
+    rows: list[list[str]] = []
+
+    def rows_at_send(sender: Any, handle: Any, **kwargs: Any) -> None:
+        # After each send and before the rows are deleted (from the pool's own connection).
+        sent.append(handle.task_id)
+        rows.append(sorted(OutboxMessage.objects.values_list("task_id", flat=True)))
+
+    signals.task_enqueued.connect(rows_at_send)
+    try:
+        with transaction.atomic():
+            parcel.status = "paid"
+            parcel.save()
+            parcel.weight = Decimal("2.00")
+            parcel.save()
+            parcel.status = "shipped"
+            parcel.save()
+    finally:
+        signals.task_enqueued.disconnect(rows_at_send)
+    # The commit wrote a row for each of the two calls sent, none for a superseded version.
+    assert rows == [sorted(sent)] * 2
 
     assert emulator.wait_idle()
     assert records("parcel_status_changed") == [

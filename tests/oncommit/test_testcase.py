@@ -8,6 +8,8 @@ import pytest
 from django.db import transaction
 from django.test import TestCase
 
+from cloudtask.models import OutboxMessage
+
 from .jobs import Deliveries, ping
 
 
@@ -75,3 +77,15 @@ class CaptureOnCommitCallbacksTests(TestCase):
         assert len(callbacks) == 1
         assert self.emu.wait_idle()
         assert [d["label"] for d in self.deliveries.of("ping")] == ["fresh"]
+
+    def test_without_a_real_commit_no_row_is_written_and_the_call_is_still_sent(self) -> None:
+        # The outbox writes rows just before a COMMIT, which a TestCase never runs: the
+        # captured callbacks send the calls without rows (nothing to make durable, or delete).
+        with self.captureOnCommitCallbacks(execute=True):
+            handle = ping("no commit").delay()
+            assert not OutboxMessage.objects.exists()
+            assert handle.outbox is not None  # a row is due at the commit
+
+        assert (handle.state, handle.outbox) == ("sent", None)
+        assert not OutboxMessage.objects.exists()
+        assert [d["label"] for d in self.deliveries.wait("ping", 1)] == ["no commit"]

@@ -241,6 +241,33 @@ def answers_after_retry(calls: CreateCalls) -> Fault:
     return fault
 
 
+def rows_at_each_send(
+    calls: CreateCalls, count: int, aliases: tuple[str, ...] = ("default",)
+) -> list[dict[str, set[str | None]]]:
+    """For each of the next count CreateTask calls, the outbox rows (task ids, per database)
+    that another connection sees while Cloud Tasks handles it: what was committed before the
+    send, read from the emulator's own thread while the committing thread waits on it."""
+    seen: list[dict[str, set[str | None]]] = []
+
+    def observe(
+        real: Callable[[str, tasks_v2.Task], TaskRecord], parent: str, task: tasks_v2.Task
+    ) -> TaskRecord:
+        try:
+            seen.append(
+                {
+                    alias: set(OutboxMessage.objects.using(alias).values_list("task_id", flat=True))
+                    for alias in aliases
+                }
+            )
+        finally:
+            connections.close_all()  # this thread's own connections: the server's thread
+        return real(parent, task)
+
+    for _ in range(count):
+        calls.inject(observe)
+    return seen
+
+
 @pytest.fixture
 def create_calls(running_emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> CreateCalls:
     calls = CreateCalls(running_emulator)
