@@ -57,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "OUTBOX_ALERT_AGE": 3600.0,
     "RECORDS": True,
     "RECORDS_RETENTION": 30,
+    "RECORDS_SYNCHRONOUS_COMMIT": False,
     "UNKNOWN_TASK_ATTEMPTS": 10,
     # Queue id -> rate limits and retry config, applied by `manage.py cloudtask_sync`.
     "QUEUES": {},
@@ -147,6 +148,9 @@ class CloudTaskSettings:
     records: bool
     #: Days execution records and dead letters are kept (0: forever).
     records_retention: int
+    #: On PostgreSQL, wait for the WAL flush on each record write of its own (False: commit
+    #: them asynchronously; a database crash can lose the last fraction of a second of them).
+    records_synchronous_commit: bool
     #: Deliveries of a task no process registered before it is dead-lettered.
     unknown_task_attempts: int
     #: Each secret encoded once, as HMAC keys (cloudtask.signing).
@@ -878,6 +882,7 @@ def build_settings(user: object) -> CloudTaskSettings:
         outbox_alert_age=_seconds(raw, "OUTBOX_ALERT_AGE", zero=False),
         records=_bool(raw, "RECORDS"),
         records_retention=_count(raw, "RECORDS_RETENTION", zero=True),
+        records_synchronous_commit=_bool(raw, "RECORDS_SYNCHRONOUS_COMMIT"),
         unknown_task_attempts=_count(raw, "UNKNOWN_TASK_ATTEMPTS", zero=False),
         secret_keys=tuple(s.encode() for s in secrets),
         # Last: the checks report a QUEUES mistake on its own (cloudtask.E023-E027) and check
