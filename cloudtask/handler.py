@@ -35,7 +35,7 @@ from .exceptions import (
     TaskAlreadyExists,
     UnknownTask,
 )
-from .executor import Execution, Outcome, execute_encoded
+from .executor import SUCCESS, Execution, Outcome, execute_encoded
 from .oidc import verify_bearer
 from .request import CloudTaskRequest
 from .serialization import parse_envelope
@@ -66,11 +66,12 @@ def authenticate(
 ) -> str | None:
     """None when the request may run, else the reason it may not (answered 403)."""
     meta = request.META
+    if settings.secrets:
+        if not verify(request.body if body is None else body, meta.get(META_KEY), settings):
+            return "missing or wrong X-CloudTask-Signature"
+        if not settings.oidc_verify:
+            return None  # the usual case: signed, and signed is enough
     in_process = IN_PROCESS_KEY in meta
-    if settings.secrets and not verify(
-        request.body if body is None else body, meta.get(META_KEY), settings
-    ):
-        return "missing or wrong X-CloudTask-Signature"
     # An in-process request carries no OIDC token (no Cloud Tasks sent it); its signature, if a
     # SECRET is set, was still checked above.
     if settings.oidc_verify and not in_process:
@@ -108,10 +109,13 @@ def handle(request: HttpRequest) -> HttpResponse:
         task = registry.get(name)
     except UnknownTask as exc:
         return _unknown(request, settings, name, exc)
-    firing = schedules.firing_of(request)
+    # Most deliveries come from Cloud Tasks, not Cloud Scheduler: no header, no look.
+    firing = schedules.firing_of(request) if schedules.FIRED_META in request.META else None
     if firing is not None and firing.queue is not None:
         return _enqueue_firing(request, settings, task, firing, raw_args, raw_kwargs)
     execution = execute_encoded(task, _task_request(request, task, firing), raw_args, raw_kwargs)
+    if execution is SUCCESS:  # the usual answer, without respond()'s look at the outcome
+        return HttpResponse("ok", content_type=_TEXT)
     if execution.outcome is Outcome.UNDECODABLE:
         assert execution.error is not None
         return _undecodable(request, settings, name, execution.error, "malformed task arguments")

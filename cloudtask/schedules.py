@@ -318,6 +318,10 @@ def firing_task_id(job_id: str, schedule_time: datetime | None) -> str:
     return f"{digest}-{job_id[:450]}-{stamp}Z"
 
 
+#: Cloud Scheduler's X-CloudScheduler header ("true" on each firing) as request.META holds it.
+FIRED_META = "HTTP_X_CLOUDSCHEDULER"
+
+
 def firing_of(request: HttpRequest) -> Firing | None:
     """The firing a request carries, or None when Cloud Scheduler did not send it.
 
@@ -325,7 +329,7 @@ def firing_of(request: HttpRequest) -> Firing | None:
     authenticates the request first, like any task delivery.
     """
     meta = request.META
-    if meta.get("HTTP_X_CLOUDSCHEDULER") != "true":
+    if meta.get(FIRED_META) != "true":
         return None
     said = CloudTaskRequest.from_http(request, None)
     job = said.schedule_name or "schedule"

@@ -48,8 +48,62 @@ MAX_DEPTH = 100
 #: {..., "v": [label, {"__ct__": "tuple", "v": [{uuid}]}]}).
 MAX_JSON_DEPTH = 2 + 3 * MAX_DEPTH + 5
 
-_loads = json.JSONDecoder().decode
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_decoder = json.JSONDecoder()
+#: The decoder's C scanner (undocumented, and absent from the type stubs, but what
+#: JSONDecoder.decode itself calls): it parses one value from an index and says where it ended.
+_scan: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
+
+
+def _loads(text: str) -> Any:
+    """json.loads(text), minus the two whitespace matches and two Python calls around json's
+    C scanner for the usual body (an object from its first character to its last); anything
+    else (surrounding whitespace, an error) goes through json's own decode, which raises its
+    usual errors."""
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        end = -1
+    if end == len(text):
+        return value
+    return _decoder.decode(text)
+
+
+def _compact_encoder() -> Callable[[Any], str]:
+    """Compact JSON, refusing NaN and infinities: JSONEncoder(separators=(",", ":"),
+    allow_nan=False).encode, with its C encoder made once instead of on every call.
+
+    JSONEncoder.encode builds a new C encoder (and a Python closure) per call, a good part of
+    an envelope's encoding. Made once here, without the circular-reference check: what this
+    encodes comes from _encode, whose depth bound already refuses a value containing itself.
+    json.encoder.c_make_encoder is the C encoder JSONEncoder uses; if it is missing, or no
+    longer encodes like JSONEncoder, the plain JSONEncoder is used.
+    """
+    plain = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return plain
+
+    def unencodable(value: object) -> Any:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    try:
+        encoder = make(
+            None, unencodable, json.encoder.encode_basestring_ascii, None, ":", ",",
+            False, False, False,
+        )  # fmt: skip
+        sample = {"v": 1, "t": "\u00e9\n", "a": [1.5, True, None, {"k": []}], "n": -2}
+        if "".join(encoder(sample, 0)) != plain(sample):
+            return plain
+    except Exception:
+        return plain
+
+    def dumps(value: Any) -> str:
+        return "".join(encoder(value, 0))
+
+    return dumps
+
+
+_dumps = _compact_encoder()
 _sorted_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False, sort_keys=True).encode
 
 
@@ -165,6 +219,10 @@ _EXACT: dict[type, Callable[[Any, int], Any]] = {
     Decimal: lambda v, d: _tagged("decimal", str(v)),
     UUID: lambda v, d: _tagged("uuid", str(v)),
 }
+
+
+#: The types _encode returns as they are.
+_PLAIN = frozenset({str, int, bool, type(None)})
 
 
 def _encode(value: Any, depth: int) -> Any:
@@ -460,12 +518,13 @@ def encode_arguments(
     """Encode arguments, naming the task and the argument when one will not serialize."""
     position: int | str = 0
     try:
+        # A str, int, bool or None (most arguments) is its own encoding: no call for it.
         enc_args = []
         for position, value in enumerate(args):  # noqa: B007 - position is read in the handler
-            enc_args.append(_encode(value, 0))
+            enc_args.append(value if type(value) in _PLAIN else _encode(value, 0))
         enc_kwargs = {}
         for position, value in kwargs.items():
-            enc_kwargs[position] = _encode(value, 0)
+            enc_kwargs[position] = value if type(value) in _PLAIN else _encode(value, 0)
     except _Unserializable as exc:
         bad = exc.value
         if isinstance(bad, models.Model):
@@ -555,12 +614,23 @@ def parse_envelope(body: bytes) -> tuple[str, list[Any], dict[str, Any]]:
 def decode_arguments(
     args: list[Any], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Decode arguments; InvalidTaskRequest if malformed, ObjectDeleted for a vanished row."""
+    """Decode arguments; InvalidTaskRequest if malformed, ObjectDeleted for a vanished row.
+    Keyword arguments that need no decoding come back as the very dict given."""
+    # The usual call holds JSON scalars only (str, int, float, bool, None): they decode to
+    # themselves, so one pass over their types in C replaces a call of _decode per value.
+    if _CONTAINERS.isdisjoint(map(type, kwargs.values())) and _CONTAINERS.isdisjoint(
+        map(type, args)
+    ):
+        return tuple(args), kwargs
     room = MAX_DEPTH
     return (
         tuple([_decode(a, room) for a in args]) if args else (),
         {k: _decode(v, room) for k, v in kwargs.items()} if kwargs else {},
     )
+
+
+#: The JSON types _decode has to look into (everything else json parses to is a scalar).
+_CONTAINERS = frozenset({list, dict})
 
 
 def decode_envelope(body: bytes) -> tuple[str, tuple[Any, ...], dict[str, Any]]:

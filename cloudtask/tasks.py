@@ -281,7 +281,8 @@ class TaskCall(Generic[P, R]):
         ``name`` is the seed API's spelling of ``task_id``.
         """
         task = self.task
-        task_id = _one_id(task, task_id, name)
+        if task_id is not None or name is not None:
+            task_id = _one_id(task, task_id, name)
         if task_id is None:
             task_id = self.args_hash() if task.named is ARGS_HASH else task.fixed_id
         return encode_message(

@@ -15,7 +15,8 @@ class BaseTransport(abc.ABC):
     """Where task calls are sent. Subclasses implement enqueue(); one instance serves a process.
 
     The capability flags are read by the dispatch layer and the django.tasks backend, which turn
-    them into behaviour and errors; a transport only states what it does.
+    them into behaviour and errors; a transport only states what it does. A transport that can
+    send from an event loop overrides aenqueue(); the base runs enqueue() in a worker thread.
     """
 
     #: Delivery waits for a message's schedule_time. False: the task runs when sent, and the
@@ -23,8 +24,6 @@ class BaseTransport(abc.ABC):
     supports_schedule: bool = True
     #: A task id used recently is refused (Cloud Tasks' named-task dedup).
     supports_named: bool = True
-    #: aenqueue() awaits the network natively (False: enqueue() runs in a worker thread).
-    supports_async: bool = False
     #: enqueue() delivers in this process, in the caller's thread (immediate, capture): the
     #: dispatch layer then sends a commit's calls one by one in the committing thread, so the
     #: task sees that thread's database connection, and never leaves one behind a time bound.

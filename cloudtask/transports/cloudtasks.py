@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.api_core import exceptions as api_exceptions
 from google.api_core import retry as api_retry
-from google.api_core import retry_async as api_retry_async
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import (
     CloudTasksGrpcAsyncIOTransport,
@@ -34,8 +36,60 @@ TRANSIENT_ERRORS = (
 #: Backoff between retries: 0.1 s doubling up to 2 s, each sleep drawn at random below the
 #: current bound (google.api_core's jitter), within CLOUDTASK["ENQUEUE_RETRY_DEADLINE"].
 RETRY_INITIAL, RETRY_MAXIMUM, RETRY_MULTIPLIER = 0.1, 2.0, 2.0
+_is_transient = api_retry.if_exception_type(*TRANSIENT_ERRORS)
 _PB_CREATE_TASK_REQUEST = tasks_v2.CreateTaskRequest.pb()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+T = TypeVar("T")
+
+
+class AttemptTimeout:
+    """CLIENT_TIMEOUT for one create_task attempt, in google.api_core's timeout protocol (a
+    decorator that adds ``timeout=`` to the gRPC call).
+
+    A float timeout becomes a TimeToDeadlineTimeout inside the client, which reads the clock
+    twice and runs functools.wraps on every call to shorten later attempts of a retried call;
+    a single attempt gets the whole timeout either way, so sending this (built once) instead
+    gives the same deadline for a fraction of the work. Retried attempts pass the float.
+    """
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, func: Callable[..., T]) -> Callable[..., T]:
+        return functools.partial(func, timeout=self.seconds)
+
+    def __repr__(self) -> str:
+        return f"<AttemptTimeout {self.seconds}s>"
+
+
+def _replaying(first: Exception, attempt: Callable[[], T]) -> Callable[[], T]:
+    """attempt, except that its first call raises ``first`` (the error of an attempt already
+    made), so google.api_core's retry loop takes the call from there."""
+    pending = [first]
+
+    def target() -> T:
+        if pending:
+            raise pending.pop()
+        return attempt()
+
+    return target
+
+
+def _areplaying(
+    first: Exception, attempt: Callable[[], Awaitable[T]]
+) -> Callable[[], Awaitable[T]]:
+    """_replaying() for the async client."""
+    pending = [first]
+
+    async def target() -> T:
+        if pending:
+            raise pending.pop()
+        return await attempt()
+
+    return target
 
 
 def make_client(emulator_host: str | None) -> Any:
@@ -62,14 +116,13 @@ class CloudTasksTransport(BaseTransport):
     """One CloudTasksClient per process (built on first use, then shared by every thread), and one
     CloudTasksAsyncClient per event loop for aenqueue()."""
 
-    supports_async = True
-
     def __init__(self, settings: CloudTaskSettings, *, client: Any = None) -> None:
         super().__init__(settings)
         self._client = client
         self._owns_client = client is None
         self._lock = threading.Lock()
         self._parents: dict[str, str] = {}
+        self._attempt_timeout = AttemptTimeout(settings.client_timeout)
         # One per event loop. A plain dict pruned of closed loops: each client holds its loop
         # through its channel, so weak keys would never be freed.
         self._async_clients: dict[asyncio.AbstractEventLoop, Any] = {}
@@ -158,51 +211,86 @@ class CloudTasksTransport(BaseTransport):
         request: tasks_v2.CreateTaskRequest = tasks_v2.CreateTaskRequest.wrap(pb)
         return request
 
-    def _retry_policy(
-        self, message: TaskMessage, failures: list[Exception]
-    ) -> dict[str, Any] | None:
-        """The retry arguments for this call, or None: transient errors are retried only for a
-        call with a task id, where a retry of a call that did reach Cloud Tasks is an
-        ALREADY_EXISTS, never a duplicate. Failed attempts are appended to failures."""
-        if not message.task_id or self.settings.enqueue_retry_deadline <= 0:
+    def _retried(self, message: TaskMessage, exc: Exception, started: float) -> float | None:
+        """Seconds left to retry a call whose first attempt (started at ``started``, monotonic)
+        failed with exc, or None when it is not retried. Transient errors are retried only for
+        a call with a task id, where a retry of a call that did reach Cloud Tasks is an
+        ALREADY_EXISTS, never a duplicate."""
+        deadline = self.settings.enqueue_retry_deadline
+        if not message.task_id or deadline <= 0 or not _is_transient(exc):
             return None
-        return {
-            "predicate": api_retry.if_exception_type(*TRANSIENT_ERRORS),
-            "initial": RETRY_INITIAL,
-            "maximum": RETRY_MAXIMUM,
-            "multiplier": RETRY_MULTIPLIER,
-            "timeout": self.settings.enqueue_retry_deadline,
-            "on_error": failures.append,
-        }
+        return deadline - (time.monotonic() - started)
+
+    def _retry_error(
+        self, errors: list[Exception], reason: api_retry.RetryFailureReason, _left: float | None
+    ) -> tuple[Exception, Exception | None]:
+        # The deadline as configured, not what was left of it after the first attempt.
+        return api_retry.build_retry_error(errors, reason, self.settings.enqueue_retry_deadline)
 
     def enqueue(self, message: TaskMessage) -> EnqueuedTask:
         parent = self.parent(message.queue)
         request = self.build_request(message, parent)
-        failures: list[Exception] = []
-        policy = self._retry_policy(message, failures)
+        client = self.client
+        started = time.monotonic()
         try:
-            created = self.client.create_task(
-                request=request,
-                timeout=self.settings.client_timeout,
-                retry=api_retry.Retry(**policy) if policy else None,
-            )
+            # Every call starts with one plain attempt: no retry machinery is built unless it
+            # fails transiently (most calls never do).
+            created = client.create_task(request=request, timeout=self._attempt_timeout, retry=None)
         except api_exceptions.GoogleAPIError as exc:
-            return self.settle_error(exc, message, parent, failures)
+            left = self._retried(message, exc, started)
+            if left is None:
+                return self.settle_error(exc, message, parent, [])
+            failures: list[Exception] = []
+            timeout = self.settings.client_timeout
+            try:
+                created = api_retry.retry_target(
+                    _replaying(
+                        exc,
+                        lambda: client.create_task(request=request, timeout=timeout, retry=None),
+                    ),
+                    _is_transient,
+                    api_retry.exponential_sleep_generator(
+                        RETRY_INITIAL, RETRY_MAXIMUM, RETRY_MULTIPLIER
+                    ),
+                    timeout=left,
+                    on_error=failures.append,
+                    exception_factory=self._retry_error,
+                )
+            except api_exceptions.GoogleAPIError as final:
+                return self.settle_error(final, message, parent, failures)
         return self.enqueued(message, created)
 
     async def aenqueue(self, message: TaskMessage) -> EnqueuedTask:
         parent = self.parent(message.queue)
         request = self.build_request(message, parent)
-        failures: list[Exception] = []
-        policy = self._retry_policy(message, failures)
+        client = self.async_client()
+        started = time.monotonic()
         try:
-            created = await self.async_client().create_task(
-                request=request,
-                timeout=self.settings.client_timeout,
-                retry=api_retry_async.AsyncRetry(**policy) if policy else None,
+            created = await client.create_task(
+                request=request, timeout=self._attempt_timeout, retry=None
             )
         except api_exceptions.GoogleAPIError as exc:
-            return self.settle_error(exc, message, parent, failures)
+            left = self._retried(message, exc, started)
+            if left is None:
+                return self.settle_error(exc, message, parent, [])
+            failures: list[Exception] = []
+            timeout = self.settings.client_timeout
+            try:
+                created = await api_retry.retry_target_async(
+                    _areplaying(
+                        exc,
+                        lambda: client.create_task(request=request, timeout=timeout, retry=None),
+                    ),
+                    _is_transient,
+                    api_retry.exponential_sleep_generator(
+                        RETRY_INITIAL, RETRY_MAXIMUM, RETRY_MULTIPLIER
+                    ),
+                    timeout=left,
+                    on_error=failures.append,
+                    exception_factory=self._retry_error,
+                )
+            except api_exceptions.GoogleAPIError as final:
+                return self.settle_error(final, message, parent, failures)
         return self.enqueued(message, created)
 
     def settle_error(
