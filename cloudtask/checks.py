@@ -1,4 +1,5 @@
-"""System checks (cloudtask.E000-E014, E020-E021, E023-E027, I001, W001-W003, W006, W008):
+"""System checks (cloudtask.E000-E014, E020-E021, E023-E034, I001, W001-W003, W006, W008; the
+django.tasks backend checks its own options, E101-E102, in cloudtask.backends):
 configuration mistakes caught at start-up, and what was detected on Cloud Run."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""cloudtask's tables: the transactional outbox of task calls waiting to reach Cloud Tasks."""
+"""cloudtask's tables: the transactional outbox, the execution records and the dead letters."""
 
 from __future__ import annotations
 
