@@ -401,3 +401,28 @@ def child(configure: Configure, tmp_path: Path) -> Iterator[Callable[..., Child]
         if process.proc.poll() is None:
             process.proc.kill()
         process.finish()
+
+
+def killed_mid_send(
+    child: Callable[..., Child], black_hole: BlackHole, count: int
+) -> list[OutboxMessage]:
+    """A child process commits count on-commit tasks (each marks its order paid) and is killed
+    with SIGKILL while their sends hang on the black hole; the rows its commit left."""
+    process = child(
+        "commit",
+        count=count,
+        # Hung, with the commit willing to wait a minute: it is surely mid-send when killed.
+        cloudtask={
+            "EMULATOR_HOST": black_hole.address,
+            "OUTBOX_FLUSH_TIMEOUT": 60.0,
+            "CLIENT_TIMEOUT": 60.0,
+        },
+    )
+    # The rows show once the transaction committed; the sends then hang on the black hole.
+    wait_for(lambda: OutboxMessage.objects.count() == count, what="the child's commit")
+    black_hole.wait_accepted()
+    assert process.kill() == -signal.SIGKILL
+    assert process.said() == [], "the commit returned: the process was not killed mid-send"
+    rows = list(OutboxMessage.objects.all())
+    assert [row.attempts for row in rows] == [0] * count
+    return rows

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import socket
 import uuid
 from collections import Counter
@@ -41,6 +40,7 @@ from .conftest import (
     Failures,
     answers_after_retry,
     create_queue,
+    killed_mid_send,
     make_due,
     rows_at_each_send,
     unavailable,
@@ -114,24 +114,7 @@ def test_a_process_killed_mid_send_loses_nothing_and_runs_each_task_once(
     create_calls: CreateCalls,
 ) -> None:
     count = 20
-    process = child(
-        "commit",
-        count=count,
-        # Hung, with the commit willing to wait a minute: it is surely mid-send when killed.
-        cloudtask={
-            "EMULATOR_HOST": black_hole.address,
-            "OUTBOX_FLUSH_TIMEOUT": 60.0,
-            "CLIENT_TIMEOUT": 60.0,
-        },
-    )
-    # The rows show once the transaction committed; the sends then hang on the black hole.
-    wait_for(lambda: OutboxMessage.objects.count() == count, what="the child's commit")
-    black_hole.wait_accepted()
-    assert process.kill() == -signal.SIGKILL
-    assert process.said() == [], "the commit returned: the process was not killed mid-send"
-
-    rows = list(OutboxMessage.objects.all())
-    assert [row.attempts for row in rows] == [0] * count
+    rows = killed_mid_send(child, black_hole, count)
     orders = list(Order.objects.values_list("pk", "status"))
     assert [status for _, status in orders] == ["paid"] * count
 

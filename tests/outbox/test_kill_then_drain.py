@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections import Counter
@@ -25,7 +24,15 @@ from cloudtask.emulator import Emulator
 from cloudtask.models import OutboxMessage
 from tests.models import Order, TaskRecord
 
-from .conftest import ROOT, WAIT, BlackHole, Child, Configure, CreateCalls, wait_for
+from .conftest import (
+    ROOT,
+    WAIT,
+    BlackHole,
+    Child,
+    Configure,
+    CreateCalls,
+    killed_mid_send,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -57,23 +64,7 @@ def test_a_process_killed_mid_send_then_one_drain_command_runs_each_task_once(
     create_calls: CreateCalls,
 ) -> None:
     count = 20
-    process = child(
-        "commit",
-        count=count,
-        # Hung, with the commit willing to wait a minute: it is surely mid-send when killed.
-        cloudtask={
-            "EMULATOR_HOST": black_hole.address,
-            "OUTBOX_FLUSH_TIMEOUT": 60.0,
-            "CLIENT_TIMEOUT": 60.0,
-        },
-    )
-    wait_for(lambda: OutboxMessage.objects.count() == count, what="the child's commit")
-    black_hole.wait_accepted()
-    assert process.kill() == -signal.SIGKILL
-    assert process.said() == [], "the commit returned: the process was not killed mid-send"
-
-    rows = list(OutboxMessage.objects.all())
-    assert [row.attempts for row in rows] == [0] * count
+    rows = killed_mid_send(child, black_hole, count)
     orders = list(Order.objects.values_list("pk", "status"))
     assert [status for _, status in orders] == ["paid"] * count
     task_ids = [row.task_id for row in rows]
