@@ -221,6 +221,18 @@ class CloudTasksTransport(BaseTransport):
             return None
         return deadline - (time.monotonic() - started)
 
+    def _retry_loop(self, left: float, failures: list[Exception]) -> dict[str, Any]:
+        """google.api_core's retry loop arguments (sync and async alike) for the time left."""
+        return {
+            "predicate": _is_transient,
+            "sleep_generator": api_retry.exponential_sleep_generator(
+                RETRY_INITIAL, RETRY_MAXIMUM, RETRY_MULTIPLIER
+            ),
+            "timeout": left,
+            "on_error": failures.append,
+            "exception_factory": self._retry_error,
+        }
+
     def _retry_error(
         self, errors: list[Exception], reason: api_retry.RetryFailureReason, _left: float | None
     ) -> tuple[Exception, Exception | None]:
@@ -248,13 +260,7 @@ class CloudTasksTransport(BaseTransport):
                         exc,
                         lambda: client.create_task(request=request, timeout=timeout, retry=None),
                     ),
-                    _is_transient,
-                    api_retry.exponential_sleep_generator(
-                        RETRY_INITIAL, RETRY_MAXIMUM, RETRY_MULTIPLIER
-                    ),
-                    timeout=left,
-                    on_error=failures.append,
-                    exception_factory=self._retry_error,
+                    **self._retry_loop(left, failures),
                 )
             except api_exceptions.GoogleAPIError as final:
                 return self.settle_error(final, message, parent, failures)
@@ -281,13 +287,7 @@ class CloudTasksTransport(BaseTransport):
                         exc,
                         lambda: client.create_task(request=request, timeout=timeout, retry=None),
                     ),
-                    _is_transient,
-                    api_retry.exponential_sleep_generator(
-                        RETRY_INITIAL, RETRY_MAXIMUM, RETRY_MULTIPLIER
-                    ),
-                    timeout=left,
-                    on_error=failures.append,
-                    exception_factory=self._retry_error,
+                    **self._retry_loop(left, failures),
                 )
             except api_exceptions.GoogleAPIError as final:
                 return self.settle_error(final, message, parent, failures)
