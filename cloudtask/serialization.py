@@ -48,62 +48,10 @@ MAX_DEPTH = 100
 #: {..., "v": [label, {"__ct__": "tuple", "v": [{uuid}]}]}).
 MAX_JSON_DEPTH = 2 + 3 * MAX_DEPTH + 5
 
-_decoder = json.JSONDecoder()
-#: The decoder's C scanner (undocumented, and absent from the type stubs, but what
-#: JSONDecoder.decode itself calls): it parses one value from an index and says where it ended.
-_scan: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
-
-
-def _loads(text: str) -> Any:
-    """json.loads(text), minus the two whitespace matches and two Python calls around json's
-    C scanner for the usual body (an object from its first character to its last); anything
-    else (surrounding whitespace, an error) goes through json's own decode, which raises its
-    usual errors."""
-    try:
-        value, end = _scan(text, 0)
-    except StopIteration:
-        end = -1
-    if end == len(text):
-        return value
-    return _decoder.decode(text)
-
-
-def _compact_encoder() -> Callable[[Any], str]:
-    """Compact JSON, refusing NaN and infinities: JSONEncoder(separators=(",", ":"),
-    allow_nan=False).encode, with its C encoder made once instead of on every call.
-
-    JSONEncoder.encode builds a new C encoder (and a Python closure) per call, a good part of
-    an envelope's encoding. Made once here, without the circular-reference check: what this
-    encodes comes from _encode, whose depth bound already refuses a value containing itself.
-    json.encoder.c_make_encoder is the C encoder JSONEncoder uses; if it is missing, or no
-    longer encodes like JSONEncoder, the plain JSONEncoder is used.
-    """
-    plain = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return plain
-
-    def unencodable(value: object) -> Any:
-        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-    try:
-        encoder = make(
-            None, unencodable, json.encoder.encode_basestring_ascii, None, ":", ",",
-            False, False, False,
-        )  # fmt: skip
-        sample = {"v": 1, "t": "\u00e9\n", "a": [1.5, True, None, {"k": []}], "n": -2}
-        if "".join(encoder(sample, 0)) != plain(sample):
-            return plain
-    except Exception:
-        return plain
-
-    def dumps(value: Any) -> str:
-        return "".join(encoder(value, 0))
-
-    return dumps
-
-
-_dumps = _compact_encoder()
+# json's public API only: its undocumented C scanner and encoder factory would save a microsecond
+# or two per call, at the price of depending on internals that may change in any Python release.
+_loads = json.JSONDecoder().decode
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _sorted_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False, sort_keys=True).encode
 
 
