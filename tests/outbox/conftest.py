@@ -34,6 +34,7 @@ from cloudtask import signals
 from cloudtask.emulator import Emulator
 from cloudtask.emulator.state import ApiError, TaskRecord
 from cloudtask.models import OutboxMessage
+from tests.models import Order
 from tests.oncommit.jobs import DELIVERIES, Deliveries
 from tests.waiting import poll
 
@@ -425,4 +426,7 @@ def killed_mid_send(
     assert process.said() == [], "the commit returned: the process was not killed mid-send"
     rows = list(OutboxMessage.objects.all())
     assert [row.attempts for row in rows] == [0] * count
+    # The child's transaction committed: every order it marked paid is paid.
+    statuses = list(Order.objects.values_list("status", flat=True))
+    assert statuses == ["paid"] * count
     return rows

@@ -115,8 +115,6 @@ def test_a_process_killed_mid_send_loses_nothing_and_runs_each_task_once(
 ) -> None:
     count = 20
     rows = killed_mid_send(child, black_hole, count)
-    orders = list(Order.objects.values_list("pk", "status"))
-    assert [status for _, status in orders] == ["paid"] * count
 
     assert make_due() == count
     result = relay(aliases=["default"])
@@ -126,7 +124,8 @@ def test_a_process_killed_mid_send_loses_nothing_and_runs_each_task_once(
     task_ids = [row.task_id for row in rows]
     assert emulator.wait_idle(timeout=WAIT)
     # Each task ran once and saw the committed data (the orders were paid after the calls).
-    assert ran_read_order() == Counter({(pk, "paid"): 1 for pk, _ in orders})
+    orders = Order.objects.values_list("pk", flat=True)
+    assert ran_read_order() == Counter({(pk, "paid"): 1 for pk in orders})
     assert delivered(emulator, task_ids) == once(task_ids)
     assert create_calls.by_id == once(task_ids)
 

@@ -65,8 +65,6 @@ def test_a_process_killed_mid_send_then_one_drain_command_runs_each_task_once(
 ) -> None:
     count = 20
     rows = killed_mid_send(child, black_hole, count)
-    orders = list(Order.objects.values_list("pk", "status"))
-    assert [status for _, status in orders] == ["paid"] * count
     task_ids = [row.task_id for row in rows]
 
     # The operator's command, with Cloud Tasks answering (this test's emulator); on the one
@@ -84,7 +82,7 @@ def test_a_process_killed_mid_send_then_one_drain_command_runs_each_task_once(
         (r.payload["order"], r.payload["status"])
         for r in TaskRecord.objects.filter(label="read_order")
     )
-    assert ran == Counter({(pk, "paid"): 1 for pk, _ in orders})
+    assert ran == Counter({(pk, "paid"): 1 for pk in Order.objects.values_list("pk", flat=True)})
     delivered = Counter(
         d.task for d in emulator.dispatches if d.task in set(task_ids) and d.status == 200
     )
