@@ -5,9 +5,8 @@ delivery. Pure: no transport, no database.
 
 from __future__ import annotations
 
-import inspect
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings as django_settings
@@ -23,7 +22,7 @@ _QUEUE_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
 _NOT_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class TaskMessage:
     """A task call, fully encoded when it is sent: what a transport delivers, byte for byte.
 
@@ -51,47 +50,6 @@ class TaskMessage:
     oidc_service_account: str | None = None
     #: Audience of that token; None means the target URL.
     oidc_audience: str | None = None
-
-    def __init__(
-        self,
-        task_name: str,
-        queue: str,
-        url: str,
-        body: bytes,
-        headers: dict[str, str] | None = None,
-        task_id: str | None = None,
-        schedule_time: datetime | None = None,
-        dispatch_deadline: timedelta | None = None,
-        oidc_service_account: str | None = None,
-        oidc_audience: str | None = None,
-    ) -> None:
-        # The dataclass's own __init__ for a frozen class sets each field through
-        # object.__setattr__, ten calls for every task call encoded; one update of the instance
-        # dict does the same. _check_init() below keeps this signature equal to the fields.
-        self.__dict__.update(
-            task_name=task_name,
-            queue=queue,
-            url=url,
-            body=body,
-            headers={} if headers is None else headers,
-            task_id=task_id,
-            schedule_time=schedule_time,
-            dispatch_deadline=dispatch_deadline,
-            oidc_service_account=oidc_service_account,
-            oidc_audience=oidc_audience,
-        )
-
-
-def _check_init() -> None:
-    """TaskMessage.__init__ takes exactly its fields, in order (a field added to the class and
-    not to __init__ would otherwise be left unset)."""
-    names = [f.name for f in fields(TaskMessage)]
-    params = list(inspect.signature(TaskMessage.__init__).parameters)[1:]
-    if params != names:
-        raise TypeError(f"TaskMessage.__init__ takes {params}, its fields are {names}.")
-
-
-_check_init()
 
 
 @dataclass(frozen=True)
