@@ -187,6 +187,40 @@ if POSTGRESQL:
         assert (row.status, row.return_value, row.first_started_at) == ("succeeded", VALUE, NOW)
 
 
+def test_the_execution_table_has_only_the_indexes_its_queries_use() -> None:
+    # Every delivery inserts a row and settles it, paying for each index twice: the unique
+    # task id (claims, get_result), last_started_at (the admin's ordering and date filter,
+    # pruning) and task name (the admin's filter), and nothing the settlement changes.
+    with connection.cursor() as cursor:
+        found = connection.introspection.get_constraints(cursor, TaskExecution._meta.db_table)
+    indexed = {
+        (tuple(c["columns"]), c["unique"])
+        for c in found.values()
+        if (c["index"] or c["unique"]) and not c["primary_key"]
+    }
+    assert indexed == {
+        (("task_id",), True),
+        (("last_started_at",), False),
+        (("task_name", "last_started_at"), False),
+    }
+
+
+# Heap-only tuple updates are PostgreSQL's: the test is defined there only.
+if POSTGRESQL:
+
+    def test_the_settling_update_touches_no_index() -> None:
+        # One transaction, so PostgreSQL's per-transaction counters see both writes.
+        with transaction.atomic(), connection.cursor() as cursor:
+            held = records.claim(unique("hot"), "shop.tasks.charge", "orders", LEASE, eta=ETA)
+            records.finish(held, "succeeded", duration=0.25, value=VALUE)
+            cursor.execute(
+                "SELECT pg_stat_get_xact_tuples_updated(%s::regclass),"
+                " pg_stat_get_xact_tuples_hot_updated(%s::regclass)",
+                [TaskExecution._meta.db_table] * 2,
+            )
+            assert cursor.fetchone() == (1, 1)
+
+
 def test_records_synchronous_commit_is_a_bool() -> None:
     assert build_settings({}).records_synchronous_commit is False
     assert build_settings({"RECORDS_SYNCHRONOUS_COMMIT": True}).records_synchronous_commit
