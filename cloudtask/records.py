@@ -365,7 +365,12 @@ def lookup(task_id: str) -> TaskExecution | None:
 
 
 def prune(older_than: timedelta | None = None, now: datetime | None = None) -> tuple[int, int]:
-    """Delete finished records and dead letters older than the retention; (records, letters)."""
+    """Delete records and dead letters older than the retention; (records, letters).
+
+    A running record goes only once its lease, too, ran out before the cutoff: an attempt whose
+    process died (or whose settlement a database crash lost) and that no delivery came back for
+    within the retention. One still under its lease is kept, whatever its age.
+    """
     if older_than is None:
         days = get_settings().records_retention
         if days == 0:
@@ -376,7 +381,7 @@ def prune(older_than: timedelta | None = None, now: datetime | None = None) -> t
     records, _ = (
         TaskExecution.objects.using(db)
         .filter(last_started_at__lt=cutoff)
-        .exclude(status=TaskExecution.Status.RUNNING)
+        .exclude(status=TaskExecution.Status.RUNNING, lease_until__gte=cutoff)
         .delete()
     )
     letters, _ = DeadLetter.objects.using(db).filter(created_at__lt=cutoff).delete()

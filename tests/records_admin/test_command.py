@@ -40,7 +40,10 @@ def history() -> datetime:
     old = now - timedelta(days=40)
     execution("old-ok", "succeeded", old)
     execution("old-dead", "dead", old, RuntimeError("gave up"))
-    execution("old-running", "running", old)  # a lease long gone: still not pruned
+    execution("old-running", "running", old)  # a lease long gone: its process died
+    # Started as long ago, under a lease that has not run out yet.
+    records.claim("old-leased", "shop.tasks.charge", "orders", timedelta(days=45), now=old)
+    execution("new-running", "running", now)
     execution("new-ok", "succeeded", now)
     execution("new-failed", "failed", now, ValueError("card declined"))
     letter("old-dead", old)
@@ -65,19 +68,25 @@ def test_prune_keeps_the_retention(history: datetime) -> None:
     out = run("--prune")  # CLOUDTASK["RECORDS_RETENTION"]: 30 days by default
 
     assert out == (
-        "Pruned 2 execution records and 1 dead letters older than 30 days (running records "
-        "are kept).\n"
+        "Pruned 3 execution records and 1 dead letters older than 30 days (running ones only "
+        "if their lease ran out before then).\n"
     )
-    assert remaining() == ({"old-running", "new-ok", "new-failed"}, {"new-letter"})
+    assert remaining() == (
+        {"old-leased", "new-running", "new-ok", "new-failed"},
+        {"new-letter"},
+    )
 
 
 def test_older_than_overrides_the_retention(history: datetime) -> None:
     assert "older than 50 days" in run("--prune", "--older-than", "50")
-    assert len(remaining()[0]) == 5
+    assert len(remaining()[0]) == 7
 
     run("--prune", "--older-than", "1")
 
-    assert remaining() == ({"old-running", "new-ok", "new-failed"}, {"new-letter"})
+    assert remaining() == (
+        {"old-leased", "new-running", "new-ok", "new-failed"},
+        {"new-letter"},
+    )
 
 
 def test_a_retention_of_0_keeps_everything(settings: Any, history: datetime) -> None:
@@ -87,7 +96,7 @@ def test_a_retention_of_0_keeps_everything(settings: Any, history: datetime) -> 
     assert run("--prune") == "Retention is 0 days (keep forever): nothing pruned.\n"
 
     assert remaining() == (
-        {"old-ok", "old-dead", "old-running", "new-ok", "new-failed"},
+        {"old-ok", "old-dead", "old-running", "old-leased", "new-running", "new-ok", "new-failed"},
         {"old-dead", "new-letter"},
     )
 
@@ -104,8 +113,8 @@ def test_the_summary(history: datetime) -> None:
 
     lines = out.splitlines()
     assert lines[:6] == [
-        "Execution records (5; database 'default'; kept 30 days):",
-        "  running    1",
+        "Execution records (7; database 'default'; kept 30 days):",
+        "  running    3",
         "  succeeded  2",
         "  failed     1",
         "  discarded  0",

@@ -70,7 +70,7 @@ class Command(BaseCommand):
         executions, letters = prune(timedelta(days=days))
         self.stdout.write(
             f"Pruned {executions} execution records and {letters} dead letters older than "
-            f"{days} days (running records are kept)."
+            f"{days} days (running ones only if their lease ran out before then)."
         )
 
     def summary(self) -> None:
