@@ -585,6 +585,28 @@ class _Entry:
     write: bool = False
     #: A commit wrote it (a manual transaction's later commits must not write it again).
     written: bool = False
+    #: Settles the handle when Django drops the callable (None without a handle).
+    on_drop: _OnDrop | None = None
+
+
+class _OnDrop:
+    """The callback of an entry's weak reference: Django dropped the callable without running
+    it (a rollback, or the transaction's end), so a handle still pending will not be sent by
+    this process. Without a row it is dropped; with a row an earlier commit made durable (a
+    manual transaction rolled back after a commit) it is outboxed: the relay sends it. (Not a
+    closure over the entry: the entry holds the reference, and the cycle would keep both.)"""
+
+    __slots__ = ("committed", "handle")
+
+    def __init__(self, handle: TaskHandle) -> None:
+        self.handle = handle
+        self.committed = False
+
+    def __call__(self, _ref: object) -> None:
+        if not self.committed:
+            self.handle._dropped()
+        elif self.handle.state == "pending":
+            self.handle._outboxed(None)
 
 
 def _make_callback(batch: _Batch) -> _Deferred:
@@ -641,11 +663,11 @@ class _Batch:
         write: bool = False,
     ) -> _Deferred:
         callback = _make_callback(self)
-        # When Django drops the callable (a rollback, or the transaction's end), a handle still
-        # pending will never be sent: settle it as dropped, so wait() returns.
-        on_drop = handle._dropped if handle is not None else None
-        ref = weakref.ref(callback, (lambda _ref: on_drop()) if on_drop else None)
-        entry = _Entry(handle, ref, key, state, write)
+        # When Django drops the callable, a handle still pending must settle all the same, so
+        # that wait() returns.
+        on_drop = _OnDrop(handle) if handle is not None else None
+        ref = weakref.ref(callback, on_drop)
+        entry = _Entry(handle, ref, key, state, write, on_drop=on_drop)
         self.entries.append(entry)
         if key is not None:
             self.keyed.setdefault(key, []).append(entry)
@@ -690,6 +712,13 @@ class _Batch:
         for entry in to_write:
             entry.written = True
         self.survivors = survivors
+
+    def committed(self) -> None:
+        """The COMMIT after before_commit() succeeded: the rows written are durable, so a
+        handle whose callable a later rollback drops (a manual transaction) is the relay's."""
+        for entry in self.survivors or ():
+            if entry.written and entry.on_drop is not None:
+                entry.on_drop.committed = True
 
     def _held(self) -> list[_Entry]:
         """The entries whose callable Django holds. (A function of its own: a failing write
@@ -797,7 +826,10 @@ class _CommitHook:
                     f"{self.connection.alias!r} before its commit failed: "
                     f"{type(exc).__name__}: {exc}. The transaction is rolled back."
                 ) from exc
-        return self.commit()
+        result = self.commit()
+        for batch in batches:
+            batch.committed()
+        return result
 
 
 def _commit_hook(connection: BaseDatabaseWrapper) -> _CommitHook:

@@ -25,11 +25,11 @@ from django.utils import timezone
 from cloudtask.dispatch import TaskHandle, get_dispatcher
 from cloudtask.emulator import Emulator
 from cloudtask.models import OutboxMessage
-from cloudtask.outbox import WRITE_BATCH, WRITE_BYTES, message_of
+from cloudtask.outbox import WRITE_BATCH, WRITE_BYTES, message_of, relay
 from tests.models import Order
 from tests.oncommit.jobs import Deliveries, ping, ping_other, read_order
 
-from .conftest import WAIT, Configure, CreateCalls, rows_at_each_send
+from .conftest import WAIT, Configure, CreateCalls, make_due, rows_at_each_send
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -308,6 +308,35 @@ def test_a_manual_transaction_writes_the_calls_of_each_commit_at_that_commit(
     deliveries.wait("ping", 2)
     assert emulator.wait_idle(timeout=WAIT)
     assert sorted(d["label"] for d in deliveries.of("ping")) == ["first", "second"]
+
+
+def test_a_manual_transaction_rolled_back_after_a_commit_leaves_that_commits_calls_outboxed(
+    emulator: Emulator, create_calls: CreateCalls, deliveries: Deliveries
+) -> None:
+    transaction.set_autocommit(False)
+    try:
+        with transaction.atomic():
+            committed = ping("committed").delay()
+        transaction.commit()
+        with transaction.atomic():
+            rolled_back = ping("rolled back").delay()
+        # The rollback drops every callable Django kept, the committed call's too, so this
+        # process sends neither; the committed call's row stays, for the relay.
+        transaction.rollback()
+    finally:
+        transaction.set_autocommit(True)
+
+    assert (committed.state, rolled_back.state) == ("outboxed", "dropped")
+    assert committed.wait(timeout=0)
+    assert committed_task_ids() == {committed.task_id}
+    assert create_calls.total == 0
+
+    make_due()
+    assert (relay(aliases=["default"]).sent, committed_task_ids()) == (1, set())
+    deliveries.wait("ping", 1)
+    assert emulator.wait_idle(timeout=WAIT)
+    assert [d["label"] for d in deliveries.of("ping")] == ["committed"]
+    assert create_calls.by_id == {str(committed.task_id): 1}
 
 
 def _blob_sizes(params: Any) -> Iterator[int]:
