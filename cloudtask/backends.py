@@ -491,7 +491,14 @@ class CloudTasksBackend(BaseTaskBackend):
     ) -> TaskResult[T]:
         """Send a call of task; its TaskResult (READY) has the Cloud Tasks task id as ``id``."""
         message, result, adapter = self._prepare(task, args, kwargs)
-        dispatch(message, call=result, sender=adapter, on_commit=self.on_commit, on_sent=self._sent)
+        dispatch(
+            message,
+            call=result,
+            sender=adapter,
+            on_commit=self.on_commit,
+            on_sent=self._sent,
+            id_generated=True,
+        )
         return result
 
     async def aenqueue(
@@ -500,7 +507,12 @@ class CloudTasksBackend(BaseTaskBackend):
         """enqueue() for async code, on the transport's async client."""
         message, result, adapter = self._prepare(task, args, kwargs)
         await adispatch(
-            message, call=result, sender=adapter, on_commit=self.on_commit, on_sent=self._sent
+            message,
+            call=result,
+            sender=adapter,
+            on_commit=self.on_commit,
+            on_sent=self._sent,
+            id_generated=True,
         )
         return result
 

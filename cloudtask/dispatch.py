@@ -94,6 +94,7 @@ class TaskHandle:
         call: Any = None,
         sender: Any = None,
         on_sent: Callable[[TaskHandle], None] | None = None,
+        id_generated: bool = False,
     ) -> None:
         self.message = message
         #: The front-end's call object (a TaskCall, a django.tasks TaskResult), for signals.
@@ -103,6 +104,10 @@ class TaskHandle:
         #: The front-end's own step once the call is sent (now or at commit), run just before
         #: cloudtask's task_enqueued: the django.tasks backend sends Django's signal there.
         self.on_sent = on_sent
+        #: message.task_id was made up by a front-end (the django.tasks backend fixes its
+        #: results' ids up front), not chosen by the caller: Cloud Tasks' ALREADY_EXISTS for it
+        #: can only mean that this very call was sent already.
+        self.id_generated = id_generated
         self.state: State = "pending"
         #: Full resource name, projects/P/locations/L/queues/Q/tasks/ID, once sent.
         self.resource_name: str | None = None
@@ -281,10 +286,13 @@ def dispatch(
     on_commit: bool = False,
     using: str | None = None,
     on_sent: Callable[[TaskHandle], None] | None = None,
+    id_generated: bool = False,
 ) -> TaskHandle:
     """The one dispatch path: send message now, or when the transaction open on ``using``
     commits (``on_commit``; now if none is open). Returns its handle."""
-    handle = TaskHandle(message, call=call, sender=sender, on_sent=on_sent)
+    handle = TaskHandle(
+        message, call=call, sender=sender, on_sent=on_sent, id_generated=id_generated
+    )
     if on_commit:
         return defer(handle, using=using)
     return send(handle)
@@ -298,6 +306,7 @@ async def adispatch(
     on_commit: bool = False,
     using: str | None = None,
     on_sent: Callable[[TaskHandle], None] | None = None,
+    id_generated: bool = False,
 ) -> TaskHandle:
     """dispatch() for the event loop: sent on the transport's async path, or, for an on-commit
     call made while a transaction is open, deferred like dispatch() does.
@@ -306,7 +315,9 @@ async def adispatch(
     that awaits this coroutine (async_to_sync), not in the event loop's. The check and the
     deferral run there, through a thread-sensitive sync_to_async hop (on-commit calls only).
     """
-    handle = TaskHandle(message, call=call, sender=sender, on_sent=on_sent)
+    handle = TaskHandle(
+        message, call=call, sender=sender, on_sent=on_sent, id_generated=id_generated
+    )
     if on_commit and await sync_to_async(_defer_if_in_transaction, thread_sensitive=True)(
         handle, using or DEFAULT_DB_ALIAS
     ):

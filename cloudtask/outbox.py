@@ -477,8 +477,9 @@ class OutboxDispatcher(ConcurrentDispatcher):
             # sent after the commit without a row, as with CLOUDTASK["OUTBOX"] = False.
             return False
         message = handle.message
-        named = message.task_id is not None
-        if not named:
+        # Only an id the caller chose can have been taken by another call.
+        named = message.task_id is not None and not handle.id_generated
+        if message.task_id is None:
             # Fixed now, so every send of this row is the same Cloud Tasks task.
             message = handle.message = replace(message, task_id=uuid.uuid4().hex)
         if _writer(connections[using]) is not None:

@@ -19,7 +19,8 @@ from django.db import transaction
 from cloudtask.backends import TaskResultStatus
 from cloudtask.emulator import Emulator
 from cloudtask.models import OutboxMessage
-from cloudtask.outbox import relay
+from cloudtask.outbox import message_of, relay
+from cloudtask.transports import get_transport
 from tests.api.conftest import Runs
 from tests.djangotasks import tasks as django_tasks
 from tests.models import Parcel, TaskRecord
@@ -119,6 +120,27 @@ def test_django_enqueue_on_commit_is_an_outbox_row_until_sent(
     assert (run["a"], run["b"], run["task_id"]) == (2, 3, result.id)
     assert len(runs.of("add")) == 1
     assert create_calls.by_id == Counter({result.id: 1})
+
+
+def test_a_django_enqueue_row_sent_again_after_its_send_reached_cloud_tasks_counts_as_sent(
+    down: Configure, running_emulator: Emulator, create_calls: CreateCalls, runs: Runs
+) -> None:
+    with transaction.atomic():
+        result = django_tasks.add.enqueue(2, b=3)
+    row = left_row()
+    # The backend made the id up: nobody else can have taken it.
+    assert not row.named
+
+    down(running_emulator.address)
+    # The send reached Cloud Tasks, but the process died before it could delete the row.
+    get_transport().enqueue(message_of(row))
+    # So the relay's send meets ALREADY_EXISTS: for the call's own id, that means sent.
+    relay_now()
+
+    runs.wait("add")
+    assert running_emulator.wait_idle(timeout=WAIT)
+    assert len(runs.of("add")) == 1
+    assert create_calls.by_id == Counter({result.id: 2})
 
 
 def test_a_model_signal_binding_is_an_outbox_row_until_sent(
