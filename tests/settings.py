@@ -87,7 +87,7 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Django 6.1's mail settings (the docs' examples send email; the test runner makes every mailer
 # the in-memory one). Django 5.2 ignores the name.
-MAILERS = {"default": {}}
+MAILERS: dict[str, dict[str, str]] = {"default": {}}
 
 CLOUDTASK = {
     "TRANSPORT": "immediate",
