@@ -115,7 +115,7 @@ def handle(request: HttpRequest) -> HttpResponse:
         return _enqueue_firing(request, settings, task, firing, raw_args, raw_kwargs)
     execution = execute_encoded(task, _task_request(request, task, firing), raw_args, raw_kwargs)
     if execution is SUCCESS:  # the usual answer, without respond()'s look at the outcome
-        return HttpResponse("ok", content_type=_TEXT)
+        return HttpResponse(_OK, content_type=_TEXT)
     if execution.outcome is Outcome.UNDECODABLE:
         assert execution.error is not None
         return _undecodable(request, settings, name, execution.error, "malformed task arguments")
@@ -234,6 +234,10 @@ def _unknown(
 
 
 _TEXT = "text/plain"
+#: The answer to every delivery that ran, as bytes: a str body makes HttpResponse look up its
+#: charset (a regular expression over the Content-Type, then the settings) to encode it, which
+#: doubles the response's cost, about 3.5 µs of every delivery.
+_OK = b"ok"
 
 
 def _logged(response: HttpResponse) -> HttpResponse:
@@ -251,7 +255,7 @@ def respond(execution: Execution) -> HttpResponse:
     """The answer that makes Cloud Tasks do what the outcome needs."""
     outcome = execution.outcome
     if outcome is Outcome.SUCCEEDED:
-        return HttpResponse("ok", content_type=_TEXT)
+        return HttpResponse(_OK, content_type=_TEXT)
     if outcome is Outcome.DISCARDED:
         return HttpResponse("discarded; not retried", content_type=_TEXT)
     if outcome is Outcome.DUPLICATE:
