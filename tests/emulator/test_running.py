@@ -289,8 +289,18 @@ def test_binds_loopback_by_default() -> None:
 def test_a_taken_port_is_a_clear_error(emulator: Emulator) -> None:
     with pytest.raises(OSError, match=r"cannot listen on 127\.0\.0\.1"):
         Emulator(port=emulator.port, log=None).start()
+    # Certificates on any free port: beside a fixed gRPC port they would go on the next one,
+    # which another server of a parallel test may hold, and that refusal would come first.
     result = subprocess.run(  # noqa: S603 - our own interpreter and arguments
-        [sys.executable, "-m", "cloudtask.emulator", "--port", str(emulator.port)],
+        [
+            sys.executable,
+            "-m",
+            "cloudtask.emulator",
+            "--port",
+            str(emulator.port),
+            "--certs-port",
+            "0",
+        ],
         cwd=ROOT,
         env=env(),
         capture_output=True,
