@@ -420,14 +420,6 @@ def _probe_lock(state_dir: Path) -> bool:
     return False
 
 
-def _lock_holder(state_dir: Path) -> int | None:
-    """The pid the lock file names: the emulator that took the lock last (the file stays)."""
-    try:
-        return int((state_dir / LOCK_FILE).read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
 def _read_info(state_dir: Path) -> dict[str, Any] | None:
     try:
         info = json.loads((state_dir / INFO_FILE).read_text(encoding="utf-8"))
@@ -464,27 +456,19 @@ def read_running(state_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 def stop_running(state_dir: str | os.PathLike[str], timeout: float = 10.0) -> bool:
     """Stop the emulator serving ``state_dir`` (SIGTERM: it saves its state and exits).
 
-    Returns True once no emulator holds the directory, False if none was running; raises
-    TimeoutError if one still holds it ``timeout`` seconds after it was asked to stop.
-
-    An emulator that takes the directory over as this one lets go is stopped too: one that
-    several processes started at once, whose start-up reached the lock only now.
+    Returns True once it has released the directory, False if none was running; raises
+    TimeoutError if it still holds the directory after ``timeout`` seconds.
     """
     directory = Path(state_dir)
     info = read_running(directory)
     if info is None:
         return False
     pid = int(info["pid"])
-    signalled: set[int] = set()
+    with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
     # Another process: no event to wait on, so poll its lock (released when it has exited).
-    while True:
-        if pid not in signalled:
-            signalled.add(pid)
-            with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
-                os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-        if not _probe_lock(directory):
-            return True
+    while _probe_lock(directory):
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"The cloudtask emulator (pid {pid}) for {directory} did not stop within "
@@ -492,9 +476,7 @@ def stop_running(state_dir: str | os.PathLike[str], timeout: float = 10.0) -> bo
                 "all but the last changes)."
             )
         time.sleep(0.02)
-        holder = _lock_holder(directory)
-        if holder is not None and holder not in signalled and _pid_alive(holder):
-            pid = holder
+    return True
 
 
 def state_file(state_dir: str | os.PathLike[str]) -> Path:
@@ -558,7 +540,10 @@ def lock_state_dir(state_dir: str | os.PathLike[str]) -> StateDirLock:
 
 
 def _already_running(directory: Path) -> AlreadyRunning:
-    pid = _lock_holder(directory)
+    try:
+        pid: int | None = int((directory / LOCK_FILE).read_text().strip())
+    except (OSError, ValueError):
+        pid = None
     deadline = time.monotonic() + _PUBLISH_WAIT
     while True:
         info = _read_info(directory)

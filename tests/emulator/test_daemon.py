@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -210,49 +209,6 @@ def test_a_second_emulator_on_the_same_dir_exits_3(tmp_path: Path, start_daemon:
     # The first one is untouched: same state file, still published, still serving.
     assert (state_dir / "state.json").read_bytes() == state_before
     assert read_running(state_dir) == info
-
-
-#: What an emulator started at the same moment as another does when its start-up reaches the
-#: state directory's lock late: it waits for the lock (here, with no retry limit), then names
-#: itself in the lock file and serves (here, until a signal).
-LATE_TAKER = """
-import fcntl, os, signal, sys
-fd = os.open(sys.argv[1], os.O_RDWR)
-fcntl.flock(fd, fcntl.LOCK_EX)
-os.ftruncate(fd, 0)
-os.write(fd, f"{os.getpid()}\\n".encode())
-signal.pause()
-"""
-
-
-def _waits_for_a_lock(pid: int) -> bool:
-    # Linux lists a process blocked in flock() in /proc/locks, its line marked "->".
-    return any(
-        line.split()[1] == "->" and str(pid) in line.split()
-        for line in Path("/proc/locks").read_text().splitlines()
-    )
-
-
-def test_stop_also_stops_an_emulator_that_takes_the_directory_over(
-    tmp_path: Path, start_daemon: Start
-) -> None:
-    state_dir = tmp_path / "state"
-    first = start_daemon(state_dir)
-    late = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-        [sys.executable, "-c", LATE_TAKER, str(state_dir / "emulator.lock")]
-    )
-    try:
-        poll(lambda: _waits_for_a_lock(late.pid), what="the late emulator to wait for the lock")
-
-        assert stop_running(state_dir, timeout=10) is True
-
-        assert first.popen.wait(timeout=30) == 0
-        assert late.wait(timeout=30) == -signal.SIGTERM
-        assert read_running(state_dir) is None
-    finally:
-        if late.poll() is None:
-            late.kill()
-            late.wait()
 
 
 def test_idle_timeout_stops_the_daemon(tmp_path: Path, start_daemon: Start, target: Target) -> None:
