@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cloudtask.emulator.persist import stop_running
+from cloudtask.emulator.persist import read_running, stop_running
 from cloudtask.management.commands.cloudtask_emulator import held_tasks
 from cloudtask.transports.emulator import LocalEmulator, find_running
 from tests import waiting
@@ -32,11 +32,38 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def emulator_pids(directory: Path) -> set[int]:
+    """The processes running an emulator for directory (read off Linux's /proc)."""
+    wanted = ["--state-dir", str(directory)]
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # not a process, or gone meanwhile
+            continue
+        if any(argv[i : i + 2] == wanted for i in range(len(argv) - 1)):
+            pids.add(int(entry.name))
+    return pids
+
+
+def _settled(directory: Path) -> bool:
+    """At most one emulator for directory, serving it if there is one."""
+    pids = emulator_pids(directory)
+    if not pids:
+        return True
+    running = read_running(directory)
+    return running is not None and pids == {running["pid"]}
+
+
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Iterator[Path]:
     """This test's state directory; whatever emulator serves it is stopped at the end."""
     directory = tmp_path / "state"
     yield directory
+    # Processes that start the emulator at the same moment each spawn one; all but one exit
+    # when they find the directory taken. One still starting could take the directory over
+    # once the stop below released it, and outlive the test: wait for them first.
+    waiting.poll(lambda: _settled(directory), WAIT, "the emulators that lost the directory to exit")
     stop_running(directory, timeout=WAIT)
 
 
