@@ -154,27 +154,35 @@ def orm_before() -> Any:
     return mock.patch.object(records, "_prebuilt", lambda connection: False)
 
 
-def rounds(
-    n: int, repeat: int, one: Callable[[], None], *, before: bool = False
-) -> tuple[float, float, float | None]:
-    """Seconds per delivery with records on, off, and (before=True) on through the ORM,
-    alternating rounds of n deliveries."""
-    variants: dict[str, Callable[[], Any]] = {
-        "on": lambda: records_on(True),
-        "off": lambda: records_on(False),
-    }
-    if before:
-        variants["before"] = orm_before
+Variants = dict[str, tuple[Callable[[], None], Callable[[], Any]]]
+
+
+def fastest(variants: Variants, n: int, repeat: int) -> dict[str, float]:
+    """Seconds per call of each variant's function, called n times inside its context, in
+    rounds that alternate between the variants so drift hits all; the fastest round of each,
+    the least disturbed by other processes on a shared machine."""
     best = dict.fromkeys(variants, float("inf"))
     for _ in range(repeat):
-        for name, context in variants.items():
+        for name, (run, context) in variants.items():
             with context():
                 start = time.perf_counter()
                 for _ in range(n):
-                    one()
-                # The fastest round is the least disturbed by other processes on a shared
-                # machine.
+                    run()
                 best[name] = min(best[name], (time.perf_counter() - start) / n)
+    return best
+
+
+def rounds(
+    n: int, repeat: int, one: Callable[[], None], *, before: bool = False
+) -> tuple[float, float, float | None]:
+    """Seconds per delivery with records on, off, and (before=True) on through the ORM."""
+    variants: Variants = {
+        "on": (one, lambda: records_on(True)),
+        "off": (one, lambda: records_on(False)),
+    }
+    if before:
+        variants["before"] = (one, orm_before)
+    best = fastest(variants, n, repeat)
     return best["on"], best["off"], best.get("before")
 
 
@@ -302,7 +310,7 @@ def breakdown(n: int = 200, repeat: int = 7) -> dict[str, float]:
         cursor.execute("SELECT 1")
 
     synchronous = {**settings.CLOUDTASK, "RECORDS_SYNCHRONOUS_COMMIT": True}
-    variants: dict[str, tuple[Callable[[], None], Callable[[], Any]]] = {
+    variants: Variants = {
         ENDPOINT_WRITES: (claim_finish, override_settings),
         "the same with RECORDS_SYNCHRONOUS_COMMIT = True": (
             claim_finish,
@@ -314,14 +322,7 @@ def breakdown(n: int = 200, repeat: int = 7) -> dict[str, float]:
         ),
         TWO_ROUND_TRIPS: (ping, override_settings),
     }
-    best = dict.fromkeys(variants, float("inf"))
-    for _ in range(repeat):
-        for title, (run, context) in variants.items():
-            with context():
-                start = time.perf_counter()
-                for _ in range(n):
-                    run()
-                best[title] = min(best[title], (time.perf_counter() - start) / n)
+    best = fastest(variants, n, repeat)
     cursor.close()
     print(f"where records' time goes (us per delivery, fastest of {repeat} rounds of {n}):")
     for title, seconds in best.items():
