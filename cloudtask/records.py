@@ -8,9 +8,11 @@ DeadLetter row with its raw body, headers and errors.
 On PostgreSQL and SQLite the two writes of the common case (the claim's INSERT and the settling
 UPDATE) are prebuilt SQL run through Django's cursor: the ORM's per-call work cost about as much
 as the database round trips. Their values are adapted by the model's own fields, as the ORM
-adapts them. On PostgreSQL a write that is a transaction of its own also commits without
-waiting for the WAL flush (CLOUDTASK["RECORDS_SYNCHRONOUS_COMMIT"]; docs/exactly-once.md says
-what a database crash can then lose). Other vendors, and the rare branches (a retry, a
+adapts them, but only the values a call gives: the INSERT leaves out the fields whose default
+is NULL and sends the others' defaults adapted once, and the UPDATE writes a NULL as NULL.
+On PostgreSQL a write that is a transaction of its own also commits without waiting for the
+WAL flush (CLOUDTASK["RECORDS_SYNCHRONOUS_COMMIT"]; docs/exactly-once.md says what a database
+crash can then lose). Other vendors, and the rare branches (a retry, a
 duplicate, a reused id), go through the ORM.
 """
 
@@ -246,11 +248,21 @@ _ASYNC_COMMIT = "set_config('synchronous_commit', 'off', true)"
 #: A record's fields by name, and its columns (looked up on every write).
 _FIELDS: dict[str, Field[Any, Any]] = {f.name: f for f in TaskExecution._meta.concrete_fields}
 _COLUMNS: dict[str, str] = {name: f.column for name, f in _FIELDS.items() if f.column}
-#: Every field of a record but its id, in the INSERT's order.
-_INSERT_FIELDS = tuple(f for f in _FIELDS.values() if not f.primary_key)
+#: The fields a claim's INSERT fills from its defaults rather than from the call: the ones whose
+#: default is not NULL ("" for the texts, [] for errors). A field whose default is NULL is left
+#: out of the INSERT, so the column's own default (NULL: the table has no other) fills it.
+_DEFAULTED = tuple(
+    f
+    for f in _FIELDS.values()
+    if not f.primary_key and f.has_default() and f.get_default() is not None
+)
 
-#: (vendor, "insert" or "update", the UPDATE's columns, asynchronous) -> SQL, built once each.
+#: (vendor, "insert" or "update", its fields or columns, asynchronous) -> SQL, built once each.
+#: An UPDATE's columns are those set from parameters, then "", then those set to NULL.
 _statements: dict[tuple[str, str, tuple[str, ...], bool], str] = {}
+#: (database alias, vendor) -> the _DEFAULTED fields' defaults, adapted once for that database:
+#: the same values on every claim, so adapting them per claim (as the ORM does) was waste.
+_defaults: dict[tuple[str, str], list[Any]] = {}
 
 
 def _prebuilt(connection: BaseDatabaseWrapper) -> bool:
@@ -273,13 +285,14 @@ def _asynchronous(connection: BaseDatabaseWrapper) -> bool:
     )
 
 
-def _insert_sql(connection: BaseDatabaseWrapper, asynchronous: bool) -> str:
-    key = (connection.vendor, "insert", (), asynchronous)
+def _insert_sql(connection: BaseDatabaseWrapper, given: tuple[str, ...], asynchronous: bool) -> str:
+    key = (connection.vendor, "insert", given, asynchronous)
     sql = _statements.get(key)
     if sql is None:
         quote = connection.ops.quote_name
-        marks = ", ".join(["%s"] * len(_INSERT_FIELDS))
-        columns = ", ".join(quote(_COLUMNS[f.name]) for f in _INSERT_FIELDS)
+        names = [*given, *(f.name for f in _DEFAULTED if f.name not in given)]
+        columns = ", ".join(quote(_COLUMNS[name]) for name in names)
+        marks = ", ".join(["%s"] * len(names))
         returning = quote(_COLUMNS["id"]) + (f", {_ASYNC_COMMIT}" if asynchronous else "")
         table = quote(TaskExecution._meta.db_table)
         # Identifiers quoted by the backend, values passed as parameters.
@@ -291,13 +304,20 @@ def _insert_sql(connection: BaseDatabaseWrapper, asynchronous: bool) -> str:
 
 
 def _update_sql(
-    connection: BaseDatabaseWrapper, columns: tuple[str, ...], asynchronous: bool
+    connection: BaseDatabaseWrapper,
+    columns: tuple[str, ...],
+    nulls: tuple[str, ...],
+    asynchronous: bool,
 ) -> str:
-    key = (connection.vendor, "update", columns, asynchronous)
+    """The settling UPDATE: each of columns takes a parameter; each of nulls is set to NULL in
+    the statement itself."""
+    key = (connection.vendor, "update", (*columns, "", *nulls), asynchronous)
     sql = _statements.get(key)
     if sql is None:
         quote = connection.ops.quote_name
-        assignments = ", ".join(f"{quote(c)} = %s" for c in columns)
+        assignments = ", ".join(
+            [*(f"{quote(c)} = %s" for c in columns), *(f"{quote(c)} = NULL" for c in nulls)]
+        )
         returning = f" RETURNING {_ASYNC_COMMIT}" if asynchronous else ""
         # Identifiers quoted by the backend, values passed as parameters.
         sql = _statements[key] = (
@@ -307,29 +327,45 @@ def _update_sql(
     return sql
 
 
+def _adapted_defaults(connection: BaseDatabaseWrapper) -> list[Any]:
+    key = (connection.alias, connection.vendor)
+    defaults = _defaults.get(key)
+    if defaults is None:
+        defaults = _defaults[key] = [
+            f.get_db_prep_save(f.get_default(), connection) for f in _DEFAULTED
+        ]
+    return defaults
+
+
 def _insert(connection: BaseDatabaseWrapper, values: dict[str, Any]) -> int | None:
     """INSERT a record unless its task id has one: the new row's id, or None."""
-    # What the ORM's INSERT sends for each field: the value given, else the field's default,
-    # adapted by the field for this connection (aware datetimes under USE_TZ, this vendor's
-    # JSON).
-    params = [
-        f.get_db_prep_save(values[f.name] if f.name in values else f.get_default(), connection)
-        for f in _INSERT_FIELDS
-    ]
+    # What the ORM's INSERT sends for each field: the value given, adapted by the field for this
+    # connection (aware datetimes under USE_TZ, this vendor's JSON), else the field's default.
+    given = tuple(values)
+    params = [_FIELDS[name].get_db_prep_save(value, connection) for name, value in values.items()]
+    params += (
+        default
+        for f, default in zip(_DEFAULTED, _adapted_defaults(connection), strict=True)
+        if f.name not in values
+    )
     with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(connection, _asynchronous(connection)), params)
+        cursor.execute(_insert_sql(connection, given, _asynchronous(connection)), params)
         row = cursor.fetchone()
     return None if row is None else int(row[0])
 
 
 def _update(connection: BaseDatabaseWrapper, pk: int, attempts: int, values: dict[str, Any]) -> int:
     """UPDATE record pk with values while it is still at attempts: the rows updated (0 or 1)."""
-    # update() adapts each value with the field's get_db_prep_save too.
-    params = [_FIELDS[name].get_db_prep_save(value, connection) for name, value in values.items()]
-    columns = tuple(_COLUMNS[name] for name in values)
+    # update() adapts each value with the field's get_db_prep_save too; a None is NULL in the
+    # statement (no parameter to adapt and send).
+    given = {name: value for name, value in values.items() if value is not None}
+    params = [_FIELDS[name].get_db_prep_save(value, connection) for name, value in given.items()]
+    columns = tuple(_COLUMNS[name] for name in given)
+    nulls = tuple(_COLUMNS[name] for name in values if name not in given)
     with connection.cursor() as cursor:
         cursor.execute(
-            _update_sql(connection, columns, _asynchronous(connection)), [*params, pk, attempts]
+            _update_sql(connection, columns, nulls, _asynchronous(connection)),
+            [*params, pk, attempts],
         )
         return int(cursor.rowcount)
 

@@ -90,6 +90,23 @@ def test_a_prebuilt_record_reads_back_as_the_orms(
         assert prebuilt["return_value"] == VALUE and prebuilt["errors"] == []
 
 
+def test_a_none_return_value_is_sql_null_as_through_the_orm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The settling UPDATE writes a None as NULL in its SQL: what the ORM's update() stores for
+    # None in a JSONField (SQL NULL, not JSON null), which a filter on isnull tells apart.
+    fast, slow = unique("prebuilt-none"), unique("orm-none")
+    for task_id in (fast, slow):
+        with monkeypatch.context() as patch:
+            if task_id == slow:
+                orm_only(patch)
+            held = records.claim(task_id, "shop.tasks.charge", "orders", LEASE, now=NOW)
+            records.finish(held, "succeeded", duration=0.25, value=None, now=NOW)
+    nulls = TaskExecution.objects.filter(task_id__in=[fast, slow], return_value__isnull=True)
+    assert sorted(nulls.values_list("task_id", flat=True)) == sorted([fast, slow])
+    assert fields(fast) == fields(slow)
+
+
 def test_the_claim_reads_back_while_running() -> None:
     task_id = unique("prebuilt-running")
     records.claim(task_id, "shop.tasks.charge", "", LEASE, now=NOW)
