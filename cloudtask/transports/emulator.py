@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import hashlib
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -268,6 +270,8 @@ def start_background(settings: CloudTaskSettings) -> LocalEmulator:
     while True:
         found = find_running(directory)
         if found is not None:
+            if found.pid != pid:
+                _dismiss(pid)
             return found
         status = _exit_status(pid)
         if status == EXIT_ALREADY_RUNNING and respawns < MAX_RESPAWNS and not locked(directory):
@@ -287,6 +291,32 @@ def start_background(settings: CloudTaskSettings) -> LocalEmulator:
                 f"its log is {log_path}."
             )
         time.sleep(0.02)
+
+
+def _dismiss(pid: int) -> None:
+    """Stop the emulator this process started once another one serves the directory.
+
+    Started in a race it lost, it would exit on its own when it finds the directory locked, but
+    one whose start-up is slow reaches the lock later: after a `cloudtask_emulator --stop` of the
+    winner it would take the directory over, an emulator nobody asked for, serving on after the
+    stop. It cannot hold the lock while the winner does, so it is stopped before it serves
+    (SIGTERM: at start-up, Python's default action), and reaped.
+    """
+    if _exit_status(pid) is not None:
+        return  # it found the directory taken and exited already
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + START_TIMEOUT
+    while _exit_status(pid) is None:
+        if time.monotonic() > deadline:
+            logger.warning(
+                "The background Cloud Tasks emulator pid %s, started while another one took "
+                "the state directory, did not stop within %g s of SIGTERM.",
+                pid,
+                START_TIMEOUT,
+            )
+            return
+        time.sleep(0.01)
 
 
 def _rotate(log_path: Path) -> None:

@@ -21,6 +21,7 @@ import pytest
 from cloudtask import ConfigurationError
 from cloudtask.conf import build_settings, get_settings
 from cloudtask.emulator.persist import make_state_dir, stop_running
+from cloudtask.transports import emulator as emulator_transport
 from cloudtask.transports import get_transport
 from cloudtask.transports.emulator import (
     MAX_LOG_SIZE,
@@ -28,13 +29,14 @@ from cloudtask.transports.emulator import (
     emulator_connected,
     find_running,
     keep_up,
+    start_background,
     state_dir,
 )
 from tests.api.conftest import BASE
 from tests.tasks import add
 from tests.waiting import poll
 
-from .conftest import ROOT, WAIT, Env
+from .conftest import ROOT, WAIT, Env, emulator_pids
 
 #: Nothing listens there; the tests' tasks are due in an hour anyway.
 NOWHERE = "http://127.0.0.1:9/_tasks/"
@@ -170,6 +172,32 @@ def test_an_emulator_gone_behind_a_live_pid_is_started_again(
         assert env.held() == 3
     finally:
         starter.communicate("", timeout=WAIT)
+
+
+def test_an_emulator_started_in_a_race_it_lost_does_not_outlive_the_winner(
+    settings: Any, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.CLOUDTASK = {
+        **BASE,
+        "TRANSPORT": "emulator",
+        "URL": NOWHERE,
+        "EMULATOR": {"STATE_DIR": str(state_dir), "LOG": False},
+    }
+    winner = start_background(get_settings())
+    # This process looked just before the winner published its address (two processes sending
+    # their first task at once): it starts an emulator of its own, then finds the winner.
+    looks = iter([None])
+    real_find_running = find_running
+    monkeypatch.setattr(
+        emulator_transport, "find_running", lambda d: next(looks, real_find_running(d))
+    )
+    assert start_background(get_settings()).pid == winner.pid
+    # Its own emulator is gone already: slow to start, it would otherwise reach the lock once
+    # the winner let go of it, and take the directory over after a stop.
+    assert emulator_pids(state_dir) == {winner.pid}
+    assert stop_running(state_dir)
+    poll(lambda: not emulator_pids(state_dir), WAIT, "the stopped emulator to exit")
+    assert find_running(state_dir) is None
 
 
 def test_async_sends_start_and_restart_it_off_the_event_loop(
