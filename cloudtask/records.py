@@ -12,8 +12,8 @@ adapts them, but only the values a call gives: the INSERT leaves out the fields 
 is NULL and sends the others' defaults adapted once, and the UPDATE writes a NULL as NULL.
 On PostgreSQL a write that is a transaction of its own also commits without waiting for the
 WAL flush (CLOUDTASK["RECORDS_SYNCHRONOUS_COMMIT"]; docs/exactly-once.md says what a database
-crash can then lose). Other vendors, and the rare branches (a retry, a
-duplicate, a reused id), go through the ORM.
+crash can then lose). Other vendors, and the rare branches (a retry, a duplicate, a reused
+id), go through the ORM.
 """
 
 from __future__ import annotations
