@@ -345,6 +345,11 @@ class StateFile:
             if self._closing.wait(max(0.0, next_write - time.monotonic())):
                 return  # stop() writes the final state
             self._dirty.clear()
+            # stop() sets _closing, then _dirty: if it did both since the look above, the clear
+            # just wiped its wake-up, and the wait above would never end (stop() joins this
+            # thread, and no change sets _dirty any more). Its _closing is seen here instead.
+            if self._closing.is_set():
+                return
             started = time.monotonic()
             try:
                 self.save()

@@ -17,6 +17,7 @@ from google.api_core import exceptions
 from google.cloud import scheduler_v1, tasks_v2
 
 from cloudtask.emulator import Emulator, ManualClock, persist
+from cloudtask.emulator.state import Store
 from tests.waiting import poll
 
 from .conftest import Target, wait_until
@@ -585,3 +586,36 @@ def test_the_state_file_is_its_owners_only(state_path: Path) -> None:
     with Emulator(queues=["default"], log=None, state_path=state_path, dashboard=False):
         poll(state_path.exists, what="the state file")
     assert state_path.stat().st_mode & 0o777 == 0o600
+
+
+class _StopDuringClear(threading.Event):
+    """The writer's wake-up Event, with stop() run at the one moment that lost its wake-up:
+    after the writer looked at the closing flag, before it cleared this Event."""
+
+    def __init__(self, state: persist.StateFile) -> None:
+        super().__init__()
+        self.state = state
+        self.stopper: threading.Thread | None = None
+
+    def clear(self) -> None:
+        if self.stopper is None:
+            self.stopper = threading.Thread(target=self.state.stop, daemon=True)
+            self.stopper.start()
+            # stop() has set both flags once it waits for the writer: then clear.
+            poll(lambda: self.state._closing.is_set() and self.is_set(), what="stop()'s flags")
+        super().clear()
+
+
+def test_a_stop_while_the_writer_wakes_up_ends_and_saves(state_path: Path) -> None:
+    # A thread interleaving no real part produces on demand (seen once in about twenty runs of
+    # the suite, where the emulator then never stopped and kept its state directory).
+    store = Store(ManualClock(start=START), dedup_window=60.0, max_task_size=1_000_000)
+    state = persist.StateFile(store, state_path, log=None)
+    wake_up = _StopDuringClear(state)
+    state._dirty = wake_up
+    state.start()  # its first write wakes the writer
+    poll(lambda: wake_up.stopper is not None, what="the writer to wake up")
+    assert wake_up.stopper is not None
+    wake_up.stopper.join(timeout=10)
+    assert not wake_up.stopper.is_alive(), "stop() waited for a writer that never woke up"
+    assert saved(state_path)["version"] == 1
