@@ -27,7 +27,7 @@ from typing import Any
 
 from django.db import IntegrityError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Field
+from django.db.models import F, Field, QuerySet
 from django.utils import timezone
 
 from .conf import get_settings
@@ -135,7 +135,9 @@ def claim(
         except IntegrityError:
             pass  # a retry, a duplicate, or a concurrent delivery of the same id
     with transaction.atomic(using=db):
-        row = TaskExecution.objects.using(db).select_for_update().get(task_id=task_id)
+        rows = TaskExecution.objects.using(db).filter(task_id=task_id)
+        _write_first(db, rows)  # the read below is followed by a write
+        row = rows.select_for_update().get()
         if row.status in _FINISHED and (retry_count > 0 or _same_task(row.eta, eta)):
             return Claim(run=False, pk=row.pk, finished_status=row.status)
         if row.status in _FINISHED:
@@ -155,6 +157,21 @@ def claim(
         row.lease_until = now + lease
         row.save(using=db, update_fields=["status", "attempts", "last_started_at", "lease_until"])
         return Claim(run=True, pk=row.pk, attempts=row.attempts, errors=list(row.errors))
+
+
+def _write_first(db: str, rows: QuerySet[TaskExecution]) -> None:
+    """Open the current transaction with a write (to rows, changing nothing) on a database
+    without row locks (SQLite), so what the transaction then reads and writes is safe.
+
+    There a transaction that reads and then writes fails at once with "database is locked"
+    when another connection wrote in between (waiting could deadlock), whereas one that writes
+    first waits for the database's write lock on the busy timeout, like a lone write. The
+    claim's transaction is a few statements long, so holding the lock from its start costs
+    nothing. (An atomic=True task's transaction is left alone: holding the lock for a whole
+    run would stop every other write on the site for that long; docs/exactly-once.md.)
+    """
+    if not connections[db].features.has_select_for_update:
+        rows.update(attempts=F("attempts"))
 
 
 def _same_task(recorded: datetime | None, delivered: datetime | None) -> bool:
