@@ -24,8 +24,9 @@
    For information, in-process: with execution records on (the default; an INSERT and an
    UPDATE per delivery, SQLite here), and an ``async def`` no-op task under WSGI.
 
-Rounds alternate between subject and baseline so drift (other processes, CPU boost) hits both;
-the fastest round of each is reported. Run: ``.venv/bin/python bench/api.py``.
+Rounds alternate between subject and baseline (and floor), each round starting with the next
+one, so drift (other processes, CPU boost) hits all; the fastest round of each is reported.
+Run: ``.venv/bin/python bench/api.py``.
 """
 
 from __future__ import annotations
@@ -162,8 +163,10 @@ def floor_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok", content_type="text/plain")
 
 
-# The bare view is mounted like the endpoint (an include of a one-URL module), so both pay the
-# same URL resolution and only the views differ.
+# The bare view and the floor are mounted like the endpoint (an include of a one-URL module), so
+# all pay the same URL resolution and only the views differ; patterns are tried in order, so
+# each also pays a failed match of the prefixes above it, which if anything favours the
+# endpoint.
 urlpatterns = [
     path("_tasks/", include("cloudtask.urls")),
     path("bare/", include(([path("", bare_view)], "bare"))),
