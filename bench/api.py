@@ -39,9 +39,9 @@ import json
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import django
 from django.conf import settings
 
-from bench.common import start_emulator
+from bench.common import fastest, start_emulator
 
 DELAY_GOAL = 1.05
 ENDPOINT_GOAL = 0.90
@@ -180,22 +180,8 @@ def rounds(
     repeat: int,
     between: Callable[[], None] | None = None,
 ) -> dict[str, float]:
-    """Seconds per call of each of calls, in alternating rounds of n calls; between() runs
-    untimed after each round (e.g. to empty the queue, so each sees the same queue size)."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    order = list(calls.items())
-    for turn in range(repeat):
-        # Each round starts with the next call, so none always follows the same one.
-        shift = turn % len(order)
-        for name, fn in order[shift:] + order[:shift]:
-            start = time.perf_counter()
-            for _ in range(n):
-                fn()
-            times[name].append((time.perf_counter() - start) / n)
-            if between is not None:
-                between()
-    # The fastest round is the least disturbed by other processes on a shared machine.
-    return {name: min(each) for name, each in times.items()}
+    """Seconds per call of each of calls, timed by bench.common.fastest (no context)."""
+    return fastest({name: (fn, nullcontext) for name, fn in calls.items()}, n, repeat, between)
 
 
 def raw_task(message: TaskMessage) -> dict[str, Any]:
@@ -235,8 +221,8 @@ def bench_delay(n: int, repeat: int) -> float:
     def purge() -> None:
         raw_client.purge_queue(name=parent)
 
-    fastest = rounds({"delay": delay, "raw": raw}, n, repeat, between=purge)
-    ours, base = fastest["delay"], fastest["raw"]
+    best = rounds({"delay": delay, "raw": raw}, n, repeat, between=purge)
+    ours, base = best["delay"], best["raw"]
     ratio = ours / base
     print(
         f".delay(): {ours * 1e6:.0f} us/call; raw create_task: {base * 1e6:.0f} us/call; "
@@ -302,18 +288,18 @@ def bench_enqueue(n: int, repeat: int) -> float | None:
     def purge() -> None:
         raw_client.purge_queue(name=parent)
 
-    fastest = rounds(calls, n, repeat, between=purge)
-    ours, base = fastest["enqueue"], fastest["raw"]
+    best = rounds(calls, n, repeat, between=purge)
+    ours, base = best["enqueue"], best["raw"]
     ratio = ours / base
     print(
         f"Django enqueue(): {ours * 1e6:.0f} us/call; raw create_task (named): "
         f"{base * 1e6:.0f} us/call; ratio {ratio:.3f}x "
         f"(goal <= {DELAY_GOAL:.2f}x: {verdict(ratio <= DELAY_GOAL)})"
     )
-    least = fastest["floor"] / base
+    least = best["floor"] / base
     print(
         f"  the floor Django's contract sets: raw create_task, a TaskResult and task_enqueued, "
-        f"{fastest['floor'] * 1e6:.0f} us/call; ratio {least:.3f}x"
+        f"{best['floor'] * 1e6:.0f} us/call; ratio {least:.3f}x"
     )
     raw_client.purge_queue(name=parent)
     return ratio
@@ -379,18 +365,18 @@ def bench_endpoint(
     for _ in range(500):
         for call in calls.values():
             call()
-    fastest = rounds(calls, n, repeat)
-    ours, base = fastest["endpoint"], fastest["bare"]
+    best = rounds(calls, n, repeat)
+    ours, base = best["endpoint"], best["bare"]
     ratio = base / ours  # requests/s of the endpoint over requests/s of the bare view
     print(
         f"{title}: {1 / ours:,.0f} req/s; bare Django view: {1 / base:,.0f} req/s; "
         f"ratio {ratio:.3f}x"
     )
     if floor:
-        least = base / fastest["floor"]
+        least = base / best["floor"]
         print(
             f"  this machine's floor: a view that checks the signature, parses the body and "
-            f"calls the function, {1 / fastest['floor']:,.0f} req/s; ratio {least:.3f}x"
+            f"calls the function, {1 / best['floor']:,.0f} req/s; ratio {least:.3f}x"
             + (f", under the {ENDPOINT_GOAL:.2f}x goal on its own" if least < ENDPOINT_GOAL else "")
         )
     return ratio
@@ -435,11 +421,11 @@ def bench_endpoint_http(n: int, repeat: int) -> float:
         for _ in range(100):
             endpoint()
             bare()
-        fastest = rounds({"endpoint": endpoint, "bare": bare}, n, repeat)
+        best = rounds({"endpoint": endpoint, "bare": bare}, n, repeat)
     finally:
         server.shutdown()
         server.server_close()
-    ours, base = fastest["endpoint"], fastest["bare"]
+    ours, base = best["endpoint"], best["bare"]
     ratio = base / ours
     print(
         f"endpoint over HTTP: {1 / ours:,.0f} req/s; bare Django view: {1 / base:,.0f} req/s; "

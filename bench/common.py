@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,3 +31,30 @@ def start_emulator(*options: str) -> tuple[subprocess.Popen[str], str]:
         proc.kill()
         raise RuntimeError(f"the emulator did not start: {line!r}")
     return proc, match.group(1)
+
+
+#: name -> (the call to time, a factory of the context each round of it runs in).
+Variants = dict[str, tuple[Callable[[], None], Callable[[], AbstractContextManager[Any]]]]
+
+
+def fastest(
+    variants: Variants, n: int, repeat: int, between: Callable[[], None] | None = None
+) -> dict[str, float]:
+    """Seconds per call of each variant's function, called n times inside its context, in
+    rounds that alternate between the variants, each round starting with the next one, so drift
+    hits all and none always follows the same one; between() runs untimed after each round
+    (e.g. to empty a queue, so each sees the same queue size). The fastest round of each, the
+    least disturbed by other processes on a shared machine."""
+    best = dict.fromkeys(variants, float("inf"))
+    order = list(variants.items())
+    for turn in range(repeat):
+        shift = turn % len(order)
+        for name, (run, context) in order[shift:] + order[:shift]:
+            with context():
+                start = time.perf_counter()
+                for _ in range(n):
+                    run()
+                best[name] = min(best[name], (time.perf_counter() - start) / n)
+            if between is not None:
+                between()
+    return best

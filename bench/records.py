@@ -35,7 +35,6 @@ import queue
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -47,6 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import django
 from django.conf import settings
+
+from bench.common import Variants, fastest
 
 GOAL = 0.75
 
@@ -176,24 +177,6 @@ def one_round_trip() -> Iterator[None]:
         mock.patch.object(records, "finish", finish),
     ):
         yield
-
-
-Variants = dict[str, tuple[Callable[[], None], Callable[[], Any]]]
-
-
-def fastest(variants: Variants, n: int, repeat: int) -> dict[str, float]:
-    """Seconds per call of each variant's function, called n times inside its context, in
-    rounds that alternate between the variants so drift hits all; the fastest round of each,
-    the least disturbed by other processes on a shared machine."""
-    best = dict.fromkeys(variants, float("inf"))
-    for _ in range(repeat):
-        for name, (run, context) in variants.items():
-            with context():
-                start = time.perf_counter()
-                for _ in range(n):
-                    run()
-                best[name] = min(best[name], (time.perf_counter() - start) / n)
-    return best
 
 
 def rounds(n: int, repeat: int, one: Callable[[], None], *, more: bool = False) -> dict[str, float]:
